@@ -1,0 +1,34 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/ftpgate/ftpgate/nft"
+)
+
+// checkCmd prints what the gateway needs and whether it has it; ok is false
+// when something must be fixed before 'ftpgate run' works.
+func checkCmd(args []string, w io.Writer) (ok bool, err error) {
+	var o options
+	fs := newFlagSet("check", &o)
+	if err := fs.Parse(args); err != nil {
+		return false, err
+	}
+	cfg, err := o.nftConfig()
+	if err != nil {
+		return false, err
+	}
+	ok = true
+	for _, f := range nft.Check(cfg) {
+		mark := "ok  "
+		if !f.OK {
+			mark, ok = "FAIL", false
+		}
+		fmt.Fprintf(w, "%s %s\n", mark, f.What)
+		if !f.OK && f.Fix != "" {
+			fmt.Fprintf(w, "     fix: %s\n", f.Fix)
+		}
+	}
+	return ok, nil
+}

@@ -1,0 +1,154 @@
+// Package metrics holds ftpgate's Prometheus collectors and its HTTP endpoint.
+package metrics
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ftpgate/ftpgate/proxy"
+)
+
+const namespace = "ftpgate"
+
+// knownVerbs bounds the verb label: anything else is counted as "other".
+var knownVerbs = map[string]bool{
+	"USER": true, "PASS": true, "ACCT": true, "CWD": true, "CDUP": true, "QUIT": true,
+	"REIN": true, "PORT": true, "PASV": true, "TYPE": true, "STRU": true, "MODE": true,
+	"RETR": true, "STOR": true, "STOU": true, "APPE": true, "ALLO": true, "REST": true,
+	"RNFR": true, "RNTO": true, "ABOR": true, "DELE": true, "RMD": true, "MKD": true,
+	"PWD": true, "LIST": true, "NLST": true, "SITE": true, "SYST": true, "STAT": true,
+	"HELP": true, "NOOP": true, "FEAT": true, "OPTS": true, "EPRT": true, "EPSV": true,
+	"LPRT": true, "LPSV": true, "AUTH": true, "PBSZ": true, "PROT": true, "SIZE": true,
+	"MDTM": true, "MLSD": true, "MLST": true, "XPWD": true, "XCWD": true, "XMKD": true,
+	"XRMD": true, "CCC": true, "HOST": true, "LANG": true, "CLNT": true,
+}
+
+// Metrics implements proxy.Observer and counts the firewall's pinhole lifecycle.
+type Metrics struct {
+	sessions        prometheus.Counter
+	sessionsActive  prometheus.Gauge
+	sessionDuration prometheus.Histogram
+	commands        *prometheus.CounterVec
+	replies         *prometheus.CounterVec
+	rewrites        *prometheus.CounterVec
+	refusals        *prometheus.CounterVec
+	pinholesOpened  *prometheus.CounterVec
+	pinholesEnded   *prometheus.CounterVec
+	openLatency     prometheus.Histogram
+}
+
+// New creates the collectors and registers them, with activePinholes (may be
+// nil) as the source of the open-pinholes gauge.
+func New(reg prometheus.Registerer, activePinholes func() int) *Metrics {
+	m := &Metrics{
+		sessions: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "sessions_total",
+			Help: "FTP control sessions accepted.",
+		}),
+		sessionsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "sessions_active",
+			Help: "FTP control sessions currently open.",
+		}),
+		sessionDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "session_duration_seconds",
+			Help:    "Duration of FTP control sessions.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 4, 10),
+		}),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "commands_total",
+			Help: "FTP commands read from clients, by verb (unknown verbs as other).",
+		}, []string{"verb"}),
+		replies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "replies_total",
+			Help: "FTP replies read from servers, by class (1xx..5xx).",
+		}, []string{"class"}),
+		rewrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "rewrites_total",
+			Help: "Negotiation lines rewritten, by kind (PORT, EPRT, 227, 229).",
+		}, []string{"kind"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "refusals_total",
+			Help: "Commands and replies refused, by reason.",
+		}, []string{"reason"}),
+		pinholesOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "pinholes_opened_total",
+			Help: "Data-connection pinholes installed, by family and direction.",
+		}, []string{"family", "direction"}),
+		pinholesEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "pinholes_closed_total",
+			Help: "Pinholes that ended, by family, direction and result (used or expired).",
+		}, []string{"family", "direction", "result"}),
+		openLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "pinhole_open_latency_seconds",
+			Help:    "Time from reading a negotiating line to the kernel's acknowledgement of the pinhole.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14),
+		}),
+	}
+	reg.MustRegister(m.sessions, m.sessionsActive, m.sessionDuration, m.commands, m.replies,
+		m.rewrites, m.refusals, m.pinholesOpened, m.pinholesEnded, m.openLatency)
+	if activePinholes != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "pinholes_active",
+			Help: "Pinholes currently open in the kernel.",
+		}, func() float64 { return float64(activePinholes()) }))
+	}
+	// Pre-create the bounded series so that rates start at zero, not absent.
+	for _, r := range proxy.Reasons {
+		m.refusals.WithLabelValues(string(r))
+	}
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		for _, dir := range []string{"passive", "active"} {
+			m.pinholesOpened.WithLabelValues(fam, dir)
+			m.pinholesEnded.WithLabelValues(fam, dir, "used")
+			m.pinholesEnded.WithLabelValues(fam, dir, "expired")
+		}
+	}
+	return m
+}
+
+func family(f proxy.Flow) string {
+	if f.IPv6() {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+func (m *Metrics) SessionStarted() { m.sessions.Inc(); m.sessionsActive.Inc() }
+
+func (m *Metrics) SessionEnded(d time.Duration) {
+	m.sessionsActive.Dec()
+	m.sessionDuration.Observe(d.Seconds())
+}
+
+func (m *Metrics) Command(verb string) {
+	if !knownVerbs[verb] {
+		verb = "other"
+	}
+	m.commands.WithLabelValues(verb).Inc()
+}
+
+func (m *Metrics) Reply(code int) {
+	if code < 100 || code > 599 {
+		return
+	}
+	m.replies.WithLabelValues(strconv.Itoa(code/100) + "xx").Inc()
+}
+
+func (m *Metrics) Rewrite(kind string)    { m.rewrites.WithLabelValues(kind).Inc() }
+func (m *Metrics) Refused(r proxy.Reason) { m.refusals.WithLabelValues(string(r)).Inc() }
+
+func (m *Metrics) PinholeOpened(f proxy.Flow, latency time.Duration) {
+	m.pinholesOpened.WithLabelValues(family(f), f.Dir.String()).Inc()
+	m.openLatency.Observe(latency.Seconds())
+}
+
+// PinholeEnded is the firewall's callback for a pinhole that was used or expired.
+func (m *Metrics) PinholeEnded(f proxy.Flow, used bool) {
+	result := "expired"
+	if used {
+		result = "used"
+	}
+	m.pinholesEnded.WithLabelValues(family(f), f.Dir.String(), result).Inc()
+}

@@ -1,0 +1,55 @@
+package proxy
+
+import "time"
+
+// Reason names why ftpgate refused something. The set is closed so that metric
+// labels stay bounded.
+type Reason string
+
+const (
+	ReasonBounce        Reason = "bounce_address"    // PORT/EPRT names another host than the client
+	ReasonServerAddress Reason = "server_address"    // 227 names another host than the server
+	ReasonLowPort       Reason = "low_port"          // data port below 1024
+	ReasonSyntax        Reason = "syntax"            // malformed PORT/EPRT/227/229
+	ReasonByteRange     Reason = "byte_range"        // a PORT/227 number above 255
+	ReasonFamily        Reason = "family"            // EPRT protocol/address family mismatch
+	ReasonUnsolicited   Reason = "unsolicited_reply" // a reply with no pending command
+	ReasonUnpaired      Reason = "unpaired_reply"    // 227/229 answering something else than PASV/EPSV
+	ReasonLineTooLong   Reason = "line_too_long"     // a line above the cap
+	ReasonControlChars  Reason = "control_chars"     // NUL or a lone CR inside a command
+	ReasonUnsupported   Reason = "unsupported"       // LPRT, LPSV
+	ReasonEPSVAll       Reason = "epsv_all"          // PORT/EPRT/PASV after EPSV ALL
+	ReasonTLS           Reason = "tls"               // AUTH TLS/SSL refused
+	ReasonFirewall      Reason = "firewall_error"    // the Gate failed to open
+	ReasonUpstream      Reason = "upstream_error"    // the server could not be reached
+	ReasonLoop          Reason = "loop"              // a connection to ftpgate's own listener
+)
+
+// Reasons lists every Reason, for pre-initialising metric series.
+var Reasons = []Reason{
+	ReasonBounce, ReasonServerAddress, ReasonLowPort, ReasonSyntax, ReasonByteRange,
+	ReasonFamily, ReasonUnsolicited, ReasonUnpaired, ReasonLineTooLong, ReasonControlChars,
+	ReasonUnsupported, ReasonEPSVAll, ReasonTLS, ReasonFirewall, ReasonUpstream, ReasonLoop,
+}
+
+// Observer receives the session events that metrics count. The metrics
+// package implements it; a nil Observer in Config means none.
+type Observer interface {
+	SessionStarted()
+	SessionEnded(d time.Duration)
+	Command(verb string)
+	Reply(code int)
+	Rewrite(kind string)
+	Refused(r Reason)
+	PinholeOpened(f Flow, latency time.Duration)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) SessionStarted()                   {}
+func (nopObserver) SessionEnded(time.Duration)        {}
+func (nopObserver) Command(string)                    {}
+func (nopObserver) Reply(int)                         {}
+func (nopObserver) Rewrite(string)                    {}
+func (nopObserver) Refused(Reason)                    {}
+func (nopObserver) PinholeOpened(Flow, time.Duration) {}

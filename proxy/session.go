@@ -1,0 +1,449 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+)
+
+// pendingCmd is a command waiting for its reply. A command ftpgate answered
+// itself carries that reply in local: it is written when it reaches the head
+// of the queue, so that pipelined replies keep the order of their commands.
+type pendingCmd struct {
+	verb  string
+	local string
+}
+
+// session is one client's control connection and its upstream twin.
+type session struct {
+	srv    *Server
+	cfg    *Config
+	log    *slog.Logger
+	client net.Conn
+	self   netip.AddrPort // ftpgate's listener, to refuse loops
+	start  time.Time
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	clientAddr netip.Addr
+	serverAddr netip.Addr
+	upstream   net.Conn
+
+	mu       sync.Mutex // guards everything below and writes to client
+	pending  []pendingCmd
+	epsvAll  bool
+	user     string
+	commands int
+	pinholes []Pinhole // unused-or-used openings, oldest first
+	aborted  bool
+}
+
+func newSession(srv *Server, id uint64, c net.Conn, self netip.AddrPort) *session {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &session{
+		srv: srv, cfg: &srv.cfg, client: c, self: self, start: time.Now(),
+		ctx: ctx, cancel: cancel,
+		clientAddr: addrPortOf(c.RemoteAddr()).Addr(),
+		// The greeting is the reply to connecting.
+		pending: []pendingCmd{{verb: "connect"}},
+	}
+	s.log = srv.cfg.Logger.With("session", id, "client", s.clientAddr.String())
+	return s
+}
+
+// abort ends the session from outside (shutdown).
+func (s *session) abort() {
+	s.mu.Lock()
+	s.aborted = true
+	up := s.upstream
+	s.mu.Unlock()
+	s.cancel()
+	s.client.Close()
+	if up != nil {
+		up.Close()
+	}
+}
+
+func (s *session) run() {
+	obs := s.cfg.Observer
+	obs.SessionStarted()
+	result := "ok"
+	defer func() {
+		s.cancel()
+		s.client.Close()
+		s.mu.Lock()
+		if s.upstream != nil {
+			s.upstream.Close()
+		}
+		// Openings nobody used die with their session.
+		for _, p := range s.pinholes {
+			p.Close()
+		}
+		s.pinholes = nil
+		s.mu.Unlock()
+		d := time.Since(s.start)
+		obs.SessionEnded(d)
+		s.log.Info("session end", "server", s.serverAddr.String(), "user", s.user,
+			"commands", s.commands, "duration", d.Round(time.Millisecond), "result", result)
+	}()
+
+	up, err := s.srv.dial(s)
+	if err != nil {
+		result = "upstream_error"
+		s.client.Write([]byte("421 ftpgate: " + err.Error() + "\r\n"))
+		return
+	}
+	s.mu.Lock()
+	if s.aborted {
+		s.mu.Unlock()
+		up.Close()
+		return
+	}
+	s.upstream = up
+	s.mu.Unlock()
+	s.serverAddr = addrPortOf(up.RemoteAddr()).Addr()
+	s.log = s.log.With("server", s.serverAddr.String())
+	s.log.Debug("session start")
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.relayReplies()
+		s.client.Close() // the server is gone: so is the client's session
+	}()
+	s.relayCommands()
+	up.Close()
+	<-done
+}
+
+// dialTransparent connects to the server the client meant, from the client's address.
+func dialTransparent(s *session) (net.Conn, error) {
+	// Transparent: the connection's local address is the server the client
+	// meant; a connection to the listener itself would loop.
+	dst := addrPortOf(s.client.LocalAddr())
+	if dst == s.self || !dst.Addr().IsValid() {
+		s.refused(ReasonLoop, "direct connection to the listener", "dst", dst.String())
+		return nil, errors.New("this port only serves intercepted connections")
+	}
+	up, err := dialFrom(s.ctx, s.clientAddr, dst, s.cfg.DialTimeout)
+	if err != nil {
+		s.refused(ReasonUpstream, "cannot reach server", "dst", dst.String(), "err", err)
+		return nil, fmt.Errorf("cannot reach the FTP server %s", dst)
+	}
+	return up, nil
+}
+
+// refused counts and logs one refusal.
+func (s *session) refused(r Reason, msg string, args ...any) {
+	s.cfg.Observer.Refused(r)
+	s.log.Warn("refused: "+msg, append([]any{"reason", string(r)}, args...)...)
+}
+
+// reply queues ftpgate's own answer to a command it did not forward.
+func (s *session) reply(text string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.pending) == 0 {
+		s.writeClientLocked(text)
+		return
+	}
+	s.pending = append(s.pending, pendingCmd{local: text})
+}
+
+func (s *session) writeClientLocked(line string) {
+	// Errors surface as a read error on the client side and end the session.
+	s.client.Write([]byte(line + "\r\n"))
+}
+
+// forward sends a command upstream and remembers that it awaits a reply.
+func (s *session) forward(verb, line string) {
+	s.mu.Lock()
+	s.pending = append(s.pending, pendingCmd{verb: verb})
+	s.mu.Unlock()
+	s.upstream.Write([]byte(line + "\r\n"))
+}
+
+func (s *session) relayCommands() {
+	r := NewLineReader(s.client, s.cfg.MaxLine)
+	for {
+		line, err := r.ReadLine()
+		if errors.Is(err, ErrLineTooLong) {
+			s.refused(ReasonLineTooLong, "command line too long")
+			s.reply("500 ftpgate: command line too long")
+			continue
+		}
+		if err != nil {
+			return
+		}
+		verb, arg := ParseCommand(line)
+		s.cfg.Observer.Command(verb)
+		s.mu.Lock()
+		s.commands++
+		s.mu.Unlock()
+		if verb == "PASS" {
+			s.log.Debug("command", "line", "PASS ****")
+		} else {
+			s.log.Debug("command", "line", line)
+		}
+		if HasControl(line) {
+			s.refused(ReasonControlChars, "control character in command", "verb", verb)
+			s.reply("500 ftpgate: control characters in command refused")
+			continue
+		}
+		switch verb {
+		case "USER":
+			s.mu.Lock()
+			s.user = arg
+			s.mu.Unlock()
+			s.forward(verb, line)
+		case "PORT", "EPRT":
+			s.activeCommand(verb, arg, line)
+		case "PASV":
+			if s.epsvAllInEffect() {
+				s.refused(ReasonEPSVAll, "PASV after EPSV ALL")
+				s.reply("501 ftpgate: EPSV ALL in effect, use EPSV")
+				continue
+			}
+			s.forward(verb, line)
+		case "EPSV":
+			if strings.EqualFold(strings.TrimSpace(arg), "ALL") {
+				s.mu.Lock()
+				s.epsvAll = true
+				s.mu.Unlock()
+				// Its reply names no port: a 229 to it pairs with nothing.
+				verb = "EPSV ALL"
+			}
+			s.forward(verb, line)
+		case "LPRT", "LPSV":
+			s.refused(ReasonUnsupported, verb+" is not supported")
+			s.reply("502 ftpgate: " + verb + " not supported, use EPRT or EPSV")
+		case "AUTH":
+			// Encrypted control traffic cannot be inspected; refusing lets the
+			// client fall back to plain FTP.
+			s.refused(ReasonTLS, "AUTH refused", "arg", arg)
+			s.reply("534 ftpgate: TLS on the control channel is not allowed through this gateway")
+		default:
+			s.forward(verb, line)
+		}
+	}
+}
+
+func (s *session) epsvAllInEffect() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.epsvAll
+}
+
+// activeCommand checks a PORT/EPRT, opens the server → client connection and
+// only then forwards the command.
+func (s *session) activeCommand(verb, arg, line string) {
+	if s.epsvAllInEffect() {
+		s.refused(ReasonEPSVAll, verb+" after EPSV ALL")
+		s.reply("501 ftpgate: EPSV ALL in effect, use EPSV")
+		return
+	}
+	var ap netip.AddrPort
+	var err error
+	if verb == "PORT" {
+		ap, err = ParsePORT(arg)
+	} else {
+		ap, err = ParseEPRT(arg)
+	}
+	if err != nil {
+		s.refused(parseReason(err), verb+" malformed", "arg", arg, "err", err)
+		s.reply(fmt.Sprintf("501 ftpgate: %s refused: %v", verb, err))
+		return
+	}
+	if ap.Addr() != s.clientAddr {
+		s.refused(ReasonBounce, verb+" names another host", "addr", ap.Addr().String())
+		s.reply(fmt.Sprintf("501 ftpgate: %s refused: address %s is not the client's", verb, ap.Addr()))
+		return
+	}
+	if ap.Port() < 1024 {
+		s.refused(ReasonLowPort, verb+" names a privileged port", "port", ap.Port())
+		s.reply(fmt.Sprintf("501 ftpgate: %s refused: port %d is below 1024", verb, ap.Port()))
+		return
+	}
+	f := Flow{Src: s.serverAddr, Dst: ap, Dir: Active}
+	if !s.open(f) {
+		s.reply("425 ftpgate: cannot open the data connection in the firewall")
+		return
+	}
+	s.forward(verb, line)
+}
+
+// open asks the gate for f and remembers the opening; false on failure.
+func (s *session) open(f Flow) bool {
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	p, err := s.srv.gate.Open(ctx, f, s.cfg.PinholeTTL)
+	if err != nil {
+		s.refused(ReasonFirewall, "firewall could not open the data connection", "flow", f.String(), "err", err)
+		return false
+	}
+	s.cfg.Observer.PinholeOpened(f, time.Since(t0))
+	s.log.Debug("pinhole opened", "flow", f.String())
+	s.mu.Lock()
+	s.pinholes = append(s.pinholes, p)
+	var old Pinhole
+	if len(s.pinholes) > s.cfg.MaxPending {
+		old = s.pinholes[0]
+		s.pinholes = append(s.pinholes[:0], s.pinholes[1:]...)
+	}
+	s.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return true
+}
+
+func parseReason(err error) Reason {
+	switch {
+	case errors.Is(err, ErrByteRange):
+		return ReasonByteRange
+	case errors.Is(err, ErrFamily):
+		return ReasonFamily
+	}
+	return ReasonSyntax
+}
+
+func (s *session) relayReplies() {
+	r := NewLineReader(s.upstream, s.cfg.MaxLine)
+	multi := 0 // the code of the multi-line reply in progress, 0 if none
+	for {
+		line, err := r.ReadLine()
+		if errors.Is(err, ErrLineTooLong) {
+			s.refused(ReasonLineTooLong, "server reply line too long")
+			if multi == 0 {
+				s.finishReply(0, "451 ftpgate: server reply line too long")
+			}
+			continue
+		}
+		if err != nil {
+			return
+		}
+		code, more, ok := ParseReplyLine(line)
+		if multi != 0 {
+			// Inside a multi-line reply only "<code> " ends it; everything
+			// else is text, never parsed for addresses.
+			if ok && code == multi && !more {
+				multi = 0
+				s.finishReply(code, line)
+			} else {
+				s.writeClient(line)
+			}
+			continue
+		}
+		if !ok {
+			s.refused(ReasonSyntax, "server line is not a reply", "line", truncate(line))
+			continue
+		}
+		if more {
+			multi = code
+			s.writeClient(line)
+			continue
+		}
+		s.finishReply(code, line)
+	}
+}
+
+func (s *session) writeClient(line string) {
+	s.mu.Lock()
+	s.writeClientLocked(line)
+	s.mu.Unlock()
+}
+
+// finishReply handles the last line of a reply: pairs it with the pending
+// command, acts on 227/229 and passes it on.
+func (s *session) finishReply(code int, line string) {
+	s.cfg.Observer.Reply(code)
+	s.mu.Lock()
+	if code >= 100 && code < 200 {
+		s.writeClientLocked(line) // preliminary: the command still awaits its final reply
+		s.mu.Unlock()
+		return
+	}
+	if len(s.pending) == 0 {
+		if code == 227 || code == 229 {
+			s.mu.Unlock()
+			s.refused(ReasonUnsolicited, "passive reply without a pending command", "line", truncate(line))
+			return
+		}
+		s.writeClientLocked(line)
+		s.mu.Unlock()
+		return
+	}
+	head := s.pending[0]
+	s.mu.Unlock()
+
+	// The head stays queued while the gate works, so that commands the client
+	// pipelines meanwhile queue their local replies behind it.
+	out := line
+	switch code {
+	case 227, 229:
+		if want := map[int]string{227: "PASV", 229: "EPSV"}[code]; head.verb != want {
+			s.refused(ReasonUnpaired, fmt.Sprintf("%d reply to %s", code, head.verb), "line", truncate(line))
+			out = fmt.Sprintf("451 ftpgate: refused a %d reply to %s", code, head.verb)
+		} else {
+			out = s.passiveReply(code, line)
+		}
+	}
+
+	s.mu.Lock()
+	s.pending = s.pending[1:]
+	s.writeClientLocked(out)
+	for len(s.pending) > 0 && s.pending[0].local != "" {
+		s.writeClientLocked(s.pending[0].local)
+		s.pending = s.pending[1:]
+	}
+	s.mu.Unlock()
+}
+
+// passiveReply checks a 227/229 answering PASV/EPSV, opens client → server and
+// returns the line to pass on.
+func (s *session) passiveReply(code int, line string) string {
+	text := ""
+	if len(line) > 4 {
+		text = line[4:]
+	}
+	var ap netip.AddrPort
+	var err error
+	if code == 227 {
+		ap, err = Parse227(text)
+	} else {
+		var port uint16
+		port, err = Parse229(text)
+		ap = netip.AddrPortFrom(s.serverAddr, port)
+	}
+	if err != nil {
+		s.refused(parseReason(err), fmt.Sprintf("malformed %d reply", code), "line", truncate(line), "err", err)
+		return fmt.Sprintf("425 ftpgate: refused a malformed %d reply from the server", code)
+	}
+	if ap.Addr() != s.serverAddr {
+		s.refused(ReasonServerAddress, "227 names another host than the server", "addr", ap.Addr().String())
+		return fmt.Sprintf("425 ftpgate: refused passive address %s: not the server's", ap.Addr())
+	}
+	if ap.Port() < 1024 {
+		s.refused(ReasonLowPort, "passive reply names a privileged port", "port", ap.Port())
+		return fmt.Sprintf("425 ftpgate: refused passive port %d: below 1024", ap.Port())
+	}
+	if !s.open(Flow{Src: s.clientAddr, Dst: ap, Dir: Passive}) {
+		return "425 ftpgate: cannot open the data connection in the firewall"
+	}
+	return line
+}
+
+// truncate keeps hostile lines from flooding the log.
+func truncate(s string) string {
+	if len(s) > 120 {
+		return s[:120] + "…"
+	}
+	return s
+}

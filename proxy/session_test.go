@@ -1,0 +1,416 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeGate records the flows it is asked to open.
+type fakeGate struct {
+	mu      sync.Mutex
+	flows   []Flow
+	closed  int
+	fail    error
+	release chan struct{} // when set, Open waits for it
+}
+
+type fakePinhole struct{ g *fakeGate }
+
+func (p fakePinhole) Close() error {
+	p.g.mu.Lock()
+	p.g.closed++
+	p.g.mu.Unlock()
+	return nil
+}
+
+func (g *fakeGate) Open(ctx context.Context, f Flow, ttl time.Duration) (Pinhole, error) {
+	if g.release != nil {
+		select {
+		case <-g.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.fail != nil {
+		return nil, g.fail
+	}
+	g.flows = append(g.flows, f)
+	return fakePinhole{g}, nil
+}
+
+func (g *fakeGate) Flows() []Flow {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]Flow(nil), g.flows...)
+}
+
+// fakeServer answers each command line with the lines respond returns and
+// records what it received.
+type fakeServer struct {
+	ln      net.Listener
+	mu      sync.Mutex
+	got     []string
+	greet   string
+	respond func(cmd string) string
+}
+
+func (fs *fakeServer) serve() {
+	for {
+		c, err := fs.ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.Write([]byte(fs.greet))
+			r := bufio.NewReader(c)
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				line = strings.TrimRight(line, "\r\n")
+				fs.mu.Lock()
+				fs.got = append(fs.got, line)
+				fs.mu.Unlock()
+				c.Write([]byte(fs.respond(line)))
+				if line == "QUIT" {
+					return
+				}
+			}
+		}()
+	}
+}
+
+func (fs *fakeServer) received() []string {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return append([]string(nil), fs.got...)
+}
+
+// defaultRespond is a tiny FTP server on loopback.
+func defaultRespond(cmd string) string {
+	verb, _ := ParseCommand(cmd)
+	switch verb {
+	case "PASV":
+		return "227 Entering Passive Mode (127,0,0,1,195,80).\r\n"
+	case "EPSV":
+		if cmd == "EPSV ALL" {
+			return "200 EPSV ALL ok.\r\n"
+		}
+		return "229 Entering Extended Passive Mode (|||50001|)\r\n"
+	case "PORT", "EPRT":
+		return "200 PORT command successful.\r\n"
+	case "QUIT":
+		return "221 Goodbye.\r\n"
+	case "USER":
+		return "331 Please specify the password.\r\n"
+	case "PASS":
+		return "230 Login successful.\r\n"
+	case "HELP":
+		return "214-The following commands are recognized.\r\n227 Entering Passive Mode (127,0,0,1,195,80).\r\n 229 (|||50001|)\r\n214 Help OK.\r\n"
+	}
+	return "200 OK.\r\n"
+}
+
+type harness struct {
+	t      *testing.T
+	gate   *fakeGate
+	server *fakeServer
+	logs   *syncBuffer
+	client net.Conn
+	r      *bufio.Reader
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// newHarness runs a Server on loopback whose sessions go to a fake server.
+func newHarness(t *testing.T, greet string, respond func(string) string) *harness {
+	t.Helper()
+	h := &harness{t: t, gate: &fakeGate{}, logs: &syncBuffer{}}
+	sln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if greet == "" {
+		greet = "220 fake FTP\r\n"
+	}
+	if respond == nil {
+		respond = defaultRespond
+	}
+	h.server = &fakeServer{ln: sln, greet: greet, respond: respond}
+	go h.server.serve()
+
+	srv := NewServer(Config{
+		Logger:     slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		PinholeTTL: time.Second,
+	}, h.gate)
+	srv.dial = func(s *session) (net.Conn, error) { return net.Dial("tcp", sln.Addr().String()) }
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	h.client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.r = bufio.NewReader(h.client)
+	t.Cleanup(func() {
+		h.client.Close()
+		ln.Close()
+		srv.Close()
+		sln.Close()
+	})
+	h.expect("220 ")
+	return h
+}
+
+func (h *harness) send(lines ...string) {
+	h.t.Helper()
+	if _, err := h.client.Write([]byte(strings.Join(lines, "\r\n") + "\r\n")); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// expect reads one reply line and checks its prefix.
+func (h *harness) expect(prefix string) string {
+	h.t.Helper()
+	h.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := h.r.ReadString('\n')
+	if err != nil {
+		h.t.Fatalf("reading reply (want %q): %v", prefix, err)
+	}
+	line = strings.TrimRight(line, "\r\n")
+	if !strings.HasPrefix(line, prefix) {
+		h.t.Fatalf("reply %q, want prefix %q", line, prefix)
+	}
+	return line
+}
+
+var loop4 = netip.MustParseAddr("127.0.0.1")
+
+func TestSessionNegotiation(t *testing.T) {
+	tests := []struct {
+		name      string
+		cmd       string
+		reply     string // prefix of the reply the client must get
+		flow      *Flow
+		forwarded bool
+	}{
+		{"PORT", "PORT 127,0,0,1,195,80", "200 ", &Flow{Src: loop4, Dst: netip.MustParseAddrPort("127.0.0.1:50000"), Dir: Active}, true},
+		{"port lower case", "port 127,0,0,1,195,80", "200 ", &Flow{Src: loop4, Dst: netip.MustParseAddrPort("127.0.0.1:50000"), Dir: Active}, true},
+		{"EPRT v4", "EPRT |1|127.0.0.1|50000|", "200 ", &Flow{Src: loop4, Dst: netip.MustParseAddrPort("127.0.0.1:50000"), Dir: Active}, true},
+		{"PORT bounce", "PORT 10,77,9,9,195,80", "501 ", nil, false},
+		{"EPRT bounce", "EPRT |1|10.77.9.9|50000|", "501 ", nil, false},
+		{"EPRT v6 on a v4 session", "EPRT |2|::1|50000|", "501 ", nil, false},
+		{"PORT low port", "PORT 127,0,0,1,0,22", "501 ", nil, false},
+		{"PORT byte 256", "PORT 127,0,0,1,256,22", "501 ", nil, false},
+		{"PORT garbage", "PORT hello", "501 ", nil, false},
+		{"LPRT", "LPRT 4,4,127,0,0,1,2,195,80", "502 ", nil, false},
+		{"LPSV", "LPSV", "502 ", nil, false},
+		{"AUTH TLS", "AUTH TLS", "534 ", nil, false},
+		{"PASV", "PASV", "227 Entering Passive Mode (127,0,0,1,195,80)", &Flow{Src: loop4, Dst: netip.MustParseAddrPort("127.0.0.1:50000"), Dir: Passive}, true},
+		{"EPSV", "EPSV", "229 ", &Flow{Src: loop4, Dst: netip.MustParseAddrPort("127.0.0.1:50001"), Dir: Passive}, true},
+		{"NUL in command", "NOOP\x00x", "500 ", nil, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, "", nil)
+			h.send(tc.cmd)
+			h.expect(tc.reply)
+			h.send("QUIT")
+			h.expect("221 ")
+			flows := h.gate.Flows()
+			if tc.flow == nil && len(flows) != 0 {
+				t.Fatalf("opened %v, want nothing", flows)
+			}
+			if tc.flow != nil && (len(flows) != 1 || flows[0] != *tc.flow) {
+				t.Fatalf("opened %v, want %v", flows, *tc.flow)
+			}
+			got := h.server.received()
+			sawCmd := len(got) > 0 && got[0] == tc.cmd
+			if sawCmd != tc.forwarded {
+				t.Fatalf("server received %q; forwarded=%v, want %v", got, sawCmd, tc.forwarded)
+			}
+		})
+	}
+}
+
+func TestSessionHostilePassiveReplies(t *testing.T) {
+	tests := []struct {
+		name  string
+		cmd   string
+		reply string // what the fake server answers
+		want  string
+	}{
+		{"third party address", "PASV", "227 Entering Passive Mode (10,77,9,9,195,80).\r\n", "425 "},
+		{"low port", "PASV", "227 Entering Passive Mode (127,0,0,1,0,22).\r\n", "425 "},
+		{"byte 256", "PASV", "227 Entering Passive Mode (127,0,0,1,256,22).\r\n", "425 "},
+		{"229 low port", "EPSV", "229 Entering Extended Passive Mode (|||23|)\r\n", "425 "},
+		{"227 answering NOOP", "NOOP", "227 Entering Passive Mode (127,0,0,1,195,80).\r\n", "451 "},
+		{"229 answering PASV", "PASV", "229 Entering Extended Passive Mode (|||50001|)\r\n", "451 "},
+		{"227 answering EPSV", "EPSV", "227 Entering Passive Mode (127,0,0,1,195,80).\r\n", "451 "},
+		{"227 as an error reply", "PASV", "500 Entering Passive Mode (127,0,0,1,195,80).\r\n", "500 "},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, "", func(cmd string) string {
+				if cmd == tc.cmd {
+					return tc.reply
+				}
+				return defaultRespond(cmd)
+			})
+			h.send(tc.cmd)
+			h.expect(tc.want)
+			h.send("SYST")
+			h.expect("200 ")
+			if f := h.gate.Flows(); len(f) != 0 {
+				t.Fatalf("opened %v, want nothing", f)
+			}
+		})
+	}
+}
+
+func TestSessionUnsolicitedAndMultiline(t *testing.T) {
+	// A 227 right behind the greeting answers nothing: it is dropped.
+	h := newHarness(t, "220 hi\r\n227 Entering Passive Mode (127,0,0,1,195,80).\r\n", nil)
+	h.send("HELP")
+	h.expect("214-")
+	h.expect("227 Entering") // text inside the multi-line 214: passed on, never acted on
+	h.expect(" 229")
+	h.expect("214 ")
+	h.send("NOOP")
+	h.expect("200 ")
+	if f := h.gate.Flows(); len(f) != 0 {
+		t.Fatalf("opened %v, want nothing", f)
+	}
+	if !strings.Contains(h.logs.String(), string(ReasonUnsolicited)) {
+		t.Fatalf("no log line for the unsolicited reply:\n%s", h.logs)
+	}
+}
+
+func TestSessionPipelinedRepliesKeepOrder(t *testing.T) {
+	h := newHarness(t, "", nil)
+	h.send("NOOP", "PORT 10,77,9,9,195,80", "PASV", "LPSV", "PORT 127,0,0,1,195,81", "NOOP")
+	for _, want := range []string{"200 OK", "501 ", "227 ", "502 ", "200 PORT", "200 OK"} {
+		h.expect(want)
+	}
+	if n := len(h.gate.Flows()); n != 2 {
+		t.Fatalf("opened %d flows, want 2", n)
+	}
+}
+
+func TestSessionLongLineAndRecovery(t *testing.T) {
+	h := newHarness(t, "", nil)
+	h.send("NOOP " + strings.Repeat("A", 1<<20))
+	h.expect("500 ")
+	h.send("NOOP")
+	h.expect("200 ")
+}
+
+func TestSessionEPSVAll(t *testing.T) {
+	h := newHarness(t, "", nil)
+	h.send("EPSV ALL")
+	h.expect("200 ")
+	if len(h.gate.Flows()) != 0 {
+		t.Fatal("EPSV ALL opened something")
+	}
+	for _, cmd := range []string{"PORT 127,0,0,1,195,80", "EPRT |1|127.0.0.1|50000|", "PASV"} {
+		h.send(cmd)
+		h.expect("501 ")
+	}
+	h.send("EPSV")
+	h.expect("229 ")
+	if n := len(h.gate.Flows()); n != 1 {
+		t.Fatalf("opened %d flows, want 1 (EPSV)", n)
+	}
+}
+
+func TestSessionGateFailure(t *testing.T) {
+	h := newHarness(t, "", nil)
+	h.gate.fail = errors.New("netlink: operation not permitted")
+	h.send("PASV")
+	h.expect("425 ")
+	h.send("PORT 127,0,0,1,195,80")
+	h.expect("425 ")
+	// The session goes on.
+	h.send("NOOP")
+	h.expect("200 ")
+	if got := h.server.received(); len(got) != 2 || got[0] != "PASV" || got[1] != "NOOP" {
+		t.Fatalf("server received %q; a PORT the firewall could not open must not be forwarded", got)
+	}
+}
+
+// The reply that names the data port reaches the client only after the gate
+// acknowledged, so that a fast client cannot race the rule.
+func TestSessionReplyWaitsForGate(t *testing.T) {
+	h := newHarness(t, "", nil)
+	h.gate.release = make(chan struct{})
+	h.send("PASV")
+	h.client.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := h.r.ReadString('\n'); err == nil {
+		t.Fatal("227 reached the client before the pinhole was acknowledged")
+	}
+	close(h.gate.release)
+	h.expect("227 ")
+}
+
+func TestSessionNeverLogsPasswords(t *testing.T) {
+	h := newHarness(t, "", nil)
+	h.send("USER alice", "PASS s3cret-word")
+	h.expect("331 ")
+	h.expect("230 ")
+	h.send("QUIT")
+	h.expect("221 ")
+	if strings.Contains(h.logs.String(), "s3cret") {
+		t.Fatalf("password in logs:\n%s", h.logs)
+	}
+}
+
+func TestSessionEndRevokesPinholes(t *testing.T) {
+	h := newHarness(t, "", nil)
+	h.send("PASV")
+	h.expect("227 ")
+	h.send("QUIT")
+	h.expect("221 ")
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		h.gate.mu.Lock()
+		closed := h.gate.closed
+		h.gate.mu.Unlock()
+		if closed == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("closed %d pinholes at session end, want 1", closed)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
