@@ -158,7 +158,7 @@ func (s *session) reply(text string) {
 
 func (s *session) writeClientLocked(line string) {
 	// Errors surface as a read error on the client side and end the session.
-	s.client.Write([]byte(line + "\r\n"))
+	s.client.Write(wireLine(line))
 }
 
 // forward sends a command upstream and remembers that it awaits a reply.
@@ -166,7 +166,7 @@ func (s *session) forward(verb, line string) {
 	s.mu.Lock()
 	s.pending = append(s.pending, pendingCmd{verb: verb})
 	s.mu.Unlock()
-	s.upstream.Write([]byte(line + "\r\n"))
+	s.upstream.Write(wireLine(line))
 }
 
 func (s *session) relayCommands() {
@@ -438,6 +438,15 @@ func (s *session) passiveReply(code int, line string) string {
 		return "425 ftpgate: cannot open the data connection in the firewall"
 	}
 	return line
+}
+
+// wireLine encodes a decoded line for the wire: a literal 0xFF byte goes out
+// as IAC IAC, so a Telnet-aware peer cannot read a command into it.
+func wireLine(line string) []byte {
+	if strings.IndexByte(line, 0xFF) >= 0 {
+		line = strings.ReplaceAll(line, "\xff", "\xff\xff")
+	}
+	return []byte(line + "\r\n")
 }
 
 // truncate keeps hostile lines from flooding the log.

@@ -414,3 +414,15 @@ func TestSessionEndRevokesPinholes(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A Telnet IAC IAC decodes to one 0xFF byte; passed on, it must be escaped
+// again, or "IAC IAC IP" would reach the server as an interrupt.
+func TestSessionEscapesIACOnTheWire(t *testing.T) {
+	h := newHarness(t, "", nil)
+	h.send("SITE \xff\xff\xf4x")
+	h.expect("200 ")
+	got := h.server.received()
+	if len(got) != 1 || got[0] != "SITE \xff\xff\xf4x" {
+		t.Fatalf("server received %q, want the 0xFF doubled", got)
+	}
+}
