@@ -23,6 +23,9 @@ const (
 	ReasonFirewall      Reason = "firewall_error"    // the Gate failed to open
 	ReasonUpstream      Reason = "upstream_error"    // the server could not be reached
 	ReasonLoop          Reason = "loop"              // a connection to ftpgate's own listener
+	ReasonNoPorts       Reason = "ports_exhausted"   // no free port in --passive-ports
+	ReasonServerPorts   Reason = "server_port_range" // 227/229 outside --server-passive-ports
+	ReasonCrossFamily   Reason = "cross_family"      // client and server speak different IP versions
 )
 
 // Reasons lists every Reason, for pre-initialising metric series.
@@ -30,6 +33,7 @@ var Reasons = []Reason{
 	ReasonBounce, ReasonServerAddress, ReasonLowPort, ReasonSyntax, ReasonByteRange,
 	ReasonFamily, ReasonUnsolicited, ReasonUnpaired, ReasonLineTooLong, ReasonControlChars,
 	ReasonUnsupported, ReasonEPSVAll, ReasonTLS, ReasonFirewall, ReasonUpstream, ReasonLoop,
+	ReasonNoPorts, ReasonServerPorts, ReasonCrossFamily,
 }
 
 // Observer receives the session events that metrics count. The metrics

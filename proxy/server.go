@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -21,11 +22,37 @@ const (
 	// Transparent: intercepted connections go to their original destination,
 	// dialled from the client's own address; nothing is rewritten.
 	Transparent Mode = iota
+	// Reverse: ftpgate listens on a public address and dials a fixed upstream
+	// server; data ports are remapped into PassivePorts and NAT'ed.
+	Reverse
 )
+
+func (m Mode) String() string {
+	if m == Reverse {
+		return "reverse"
+	}
+	return "transparent"
+}
 
 // Config holds a Server's settings. Zero values mean the defaults.
 type Config struct {
-	Mode        Mode
+	Mode     Mode
+	Upstream string // reverse: the server, host:port (a name resolves per session)
+	// PublicAddress is the address clients reach: advertised in rewritten
+	// replies (reverse; default: the address the client connected to) and, in
+	// transparent mode, the address masqueraded clients appear with (default:
+	// learned from conntrack through SourceNAT).
+	PublicAddress netip.Addr
+	// PassivePorts is the range ports are allocated from for NAT'ed data
+	// connections (reverse mode, masqueraded clients). Default 50000-50999.
+	PassivePorts PortRange
+	// ServerPassivePorts, when set, is the only range a server may announce
+	// in 227/229.
+	ServerPassivePorts PortRange
+	// SourceNAT reports the address the server sees for a connection from
+	// local to remote (it differs from local when the gateway masquerades).
+	// Nil: clients are taken as not NAT'ed.
+	SourceNAT   func(local, remote netip.AddrPort) (netip.Addr, error)
 	PinholeTTL  time.Duration // how long an unused opening lives; default 30s
 	DialTimeout time.Duration // upstream connect timeout; default 10s
 	MaxLine     int           // line cap in bytes; default MaxLine
@@ -44,6 +71,9 @@ func (c *Config) setDefaults() {
 	if c.MaxLine <= 0 {
 		c.MaxLine = MaxLine
 	}
+	if c.PassivePorts.IsZero() {
+		c.PassivePorts = PortRange{50000, 50999}
+	}
 	if c.MaxPending <= 0 {
 		c.MaxPending = 8
 	}
@@ -59,6 +89,7 @@ func (c *Config) setDefaults() {
 type Server struct {
 	cfg  Config
 	gate Gate
+	pool *portPool
 	// dial connects a session upstream; per Mode, replaceable in tests.
 	dial func(s *session) (net.Conn, error)
 
@@ -72,7 +103,12 @@ type Server struct {
 // NewServer returns a Server that asks gate for data connections.
 func NewServer(cfg Config, gate Gate) *Server {
 	cfg.setDefaults()
-	return &Server{cfg: cfg, gate: gate, dial: dialTransparent, sessions: map[*session]struct{}{}}
+	s := &Server{cfg: cfg, gate: gate, dial: dialTransparent, sessions: map[*session]struct{}{}}
+	s.pool = newPortPool(cfg.PassivePorts)
+	if cfg.Mode == Reverse {
+		s.dial = dialReverse
+	}
+	return s
 }
 
 // Serve accepts control connections on ln until ln is closed.
@@ -135,10 +171,13 @@ func (s *Server) Close() {
 	s.wg.Wait()
 }
 
-// Listen opens a listener for tproxy'd connections: IP_TRANSPARENT lets it
-// accept connections addressed to other hosts.
-func Listen(ctx context.Context, addr string) (net.Listener, error) {
-	lc := net.ListenConfig{Control: transparentControl}
+// Listen opens a control-connection listener. In transparent mode it has
+// IP_TRANSPARENT, which lets it accept connections addressed to other hosts.
+func Listen(ctx context.Context, addr string, mode Mode) (net.Listener, error) {
+	lc := net.ListenConfig{}
+	if mode == Transparent {
+		lc.Control = transparentControl
+	}
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		if errors.Is(err, syscall.EPERM) {
@@ -147,6 +186,41 @@ func Listen(ctx context.Context, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	return ln, nil
+}
+
+// dialReverse connects to the configured upstream, preferring an address of
+// the client's family: the kernel cannot NAT a data connection across families.
+func dialReverse(s *session) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(s.cfg.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("bad upstream %q: %v", s.cfg.Upstream, err)
+	}
+	addrs, err := net.DefaultResolver.LookupNetIP(s.ctx, "ip", host)
+	if err != nil || len(addrs) == 0 {
+		s.refused(ReasonUpstream, "cannot resolve upstream", "upstream", s.cfg.Upstream, "err", err)
+		return nil, fmt.Errorf("cannot resolve the FTP server %s", host)
+	}
+	sameFamily := func(a netip.Addr) bool { return a.Unmap().Is4() == s.clientAddr.Is4() }
+	slices.SortStableFunc(addrs, func(a, b netip.Addr) int {
+		switch {
+		case sameFamily(a) && !sameFamily(b):
+			return -1
+		case sameFamily(b) && !sameFamily(a):
+			return 1
+		}
+		return 0
+	})
+	d := net.Dialer{Timeout: s.cfg.DialTimeout}
+	var lastErr error
+	for _, a := range addrs {
+		up, err := d.DialContext(s.ctx, "tcp", net.JoinHostPort(a.Unmap().String(), port))
+		if err == nil {
+			return up, nil
+		}
+		lastErr = err
+	}
+	s.refused(ReasonUpstream, "cannot reach server", "upstream", s.cfg.Upstream, "err", lastErr)
+	return nil, fmt.Errorf("cannot reach the FTP server %s", s.cfg.Upstream)
 }
 
 // dialFrom connects to dst from src's address (any port), as the client would.

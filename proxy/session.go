@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,11 @@ type session struct {
 	clientAddr netip.Addr
 	serverAddr netip.Addr
 	upstream   net.Conn
+	// publicAddr is where NAT'ed data connections are advertised to the
+	// client (reverse) or the server (masqueraded client); invalid when
+	// nothing is NAT'ed. insideAddr is ftpgate's end of the upstream connection.
+	publicAddr netip.Addr
+	insideAddr netip.Addr
 
 	mu       sync.Mutex // guards everything below and writes to client
 	pending  []pendingCmd
@@ -108,7 +114,9 @@ func (s *session) run() {
 	s.upstream = up
 	s.mu.Unlock()
 	s.serverAddr = addrPortOf(up.RemoteAddr()).Addr()
+	s.insideAddr = addrPortOf(up.LocalAddr()).Addr()
 	s.log = s.log.With("server", s.serverAddr.String())
+	s.learnPublicAddr()
 	s.log.Debug("session start")
 
 	done := make(chan struct{})
@@ -271,11 +279,76 @@ func (s *session) activeCommand(verb, arg, line string) {
 		return
 	}
 	f := Flow{Src: s.serverAddr, Dst: ap, Dir: Active}
+	if s.publicAddr.IsValid() {
+		// The server must connect to a gateway port, DNAT'ed to the client:
+		// reverse mode on ftpgate's inside address, with the client hidden
+		// behind the public address; masqueraded clients on the address the
+		// server sees them with.
+		via := s.publicAddr
+		if s.cfg.Mode == Reverse {
+			via = s.insideAddr
+			f.SNAT = s.publicAddr
+		}
+		if via.Is4() != ap.Addr().Is4() || (verb == "PORT" && !via.Is4()) {
+			s.refused(ReasonCrossFamily, verb+" across IP versions", "addr", ap.Addr().String(), "via", via.String())
+			s.reply("522 ftpgate: the data connection cannot cross IP versions; use EPRT/EPSV with the server's family")
+			return
+		}
+		f.Target = ap
+		port, ok := s.allocPort(via)
+		if !ok {
+			return
+		}
+		f.Dst = netip.AddrPortFrom(via, port)
+		if verb == "PORT" {
+			line = "PORT " + FormatPORT(f.Dst)
+		} else {
+			line = "EPRT " + FormatEPRT(f.Dst)
+		}
+		s.cfg.Observer.Rewrite(verb)
+	}
 	if !s.open(f) {
 		s.reply("425 ftpgate: cannot open the data connection in the firewall")
 		return
 	}
 	s.forward(verb, line)
+}
+
+// allocPort takes a gateway port on addr; on exhaustion the client is told.
+func (s *session) allocPort(addr netip.Addr) (uint16, bool) {
+	port, err := s.srv.pool.get(addr)
+	if err != nil {
+		s.refused(ReasonNoPorts, "no free data port", "addr", addr.String(), "range", s.cfg.PassivePorts.String())
+		s.reply("425 ftpgate: no free data port, try again later")
+		return 0, false
+	}
+	return port, true
+}
+
+// learnPublicAddr decides whether data connections need NAT in this session.
+func (s *session) learnPublicAddr() {
+	if s.cfg.Mode == Reverse {
+		s.publicAddr = s.cfg.PublicAddress
+		if !s.publicAddr.IsValid() {
+			s.publicAddr = addrPortOf(s.client.LocalAddr()).Addr()
+		}
+		return
+	}
+	if s.cfg.SourceNAT == nil {
+		return
+	}
+	seen, err := s.cfg.SourceNAT(addrPortOf(s.upstream.LocalAddr()), addrPortOf(s.upstream.RemoteAddr()))
+	if err != nil {
+		s.log.Warn("cannot learn whether the gateway masquerades this client; PORT/EPRT pass unchanged", "err", err)
+		return
+	}
+	if seen != s.insideAddr {
+		s.publicAddr = seen
+		if s.cfg.PublicAddress.IsValid() {
+			s.publicAddr = s.cfg.PublicAddress
+		}
+		s.log.Debug("client is masqueraded", "public", s.publicAddr.String())
+	}
 }
 
 // open asks the gate for f and remembers the opening; false on failure.
@@ -426,15 +499,44 @@ func (s *session) passiveReply(code int, line string) string {
 		s.refused(parseReason(err), fmt.Sprintf("malformed %d reply", code), "line", truncate(line), "err", err)
 		return fmt.Sprintf("425 ftpgate: refused a malformed %d reply from the server", code)
 	}
+	if rng := s.cfg.ServerPassivePorts; !rng.IsZero() && !rng.Contains(ap.Port()) {
+		s.refused(ReasonServerPorts, "passive port outside the server's range", "port", ap.Port(), "range", rng.String())
+		return fmt.Sprintf("425 ftpgate: refused passive port %d: outside the server's range", ap.Port())
+	}
 	if ap.Addr() != s.serverAddr {
-		s.refused(ReasonServerAddress, "227 names another host than the server", "addr", ap.Addr().String())
-		return fmt.Sprintf("425 ftpgate: refused passive address %s: not the server's", ap.Addr())
+		if s.cfg.Mode != Reverse {
+			s.refused(ReasonServerAddress, "227 names another host than the server", "addr", ap.Addr().String())
+			return fmt.Sprintf("425 ftpgate: refused passive address %s: not the server's", ap.Addr())
+		}
+		// Reverse: the data target is the control connection's peer, whatever
+		// the server announces (a private, wrong or third-party address).
+		s.refused(ReasonServerAddress, "227 names another host than the server; using the server's", "addr", ap.Addr().String())
+		ap = netip.AddrPortFrom(s.serverAddr, ap.Port())
 	}
 	if ap.Port() < 1024 {
 		s.refused(ReasonLowPort, "passive reply names a privileged port", "port", ap.Port())
 		return fmt.Sprintf("425 ftpgate: refused passive port %d: below 1024", ap.Port())
 	}
-	if !s.open(Flow{Src: s.clientAddr, Dst: ap, Dir: Passive}) {
+	f := Flow{Src: s.clientAddr, Dst: ap, Dir: Passive}
+	if s.cfg.Mode == Reverse {
+		if code == 227 && !s.publicAddr.Is4() {
+			s.refused(ReasonCrossFamily, "PASV cannot name an IPv6 address")
+			return "425 ftpgate: PASV cannot carry an IPv6 address; use EPSV"
+		}
+		port, err := s.srv.pool.get(s.publicAddr)
+		if err != nil {
+			s.refused(ReasonNoPorts, "no free passive port", "range", s.cfg.PassivePorts.String())
+			return "425 ftpgate: no free passive port, try again later"
+		}
+		f.Dst, f.Target, f.SNAT = netip.AddrPortFrom(s.publicAddr, port), ap, s.insideAddr
+		if code == 227 {
+			line = "227 " + Format227(f.Dst)
+		} else {
+			line = "229 " + Format229(port)
+		}
+		s.cfg.Observer.Rewrite(strconv.Itoa(code))
+	}
+	if !s.open(f) {
 		return "425 ftpgate: cannot open the data connection in the firewall"
 	}
 	return line

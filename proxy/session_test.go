@@ -153,6 +153,11 @@ func (b *syncBuffer) String() string {
 // newHarness runs a Server on loopback whose sessions go to a fake server.
 func newHarness(t *testing.T, greet string, respond func(string) string) *harness {
 	t.Helper()
+	return newHarnessConfig(t, Config{}, greet, respond)
+}
+
+func newHarnessConfig(t *testing.T, cfg Config, greet string, respond func(string) string) *harness {
+	t.Helper()
 	h := &harness{t: t, gate: &fakeGate{}, logs: &syncBuffer{}}
 	sln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -167,10 +172,9 @@ func newHarness(t *testing.T, greet string, respond func(string) string) *harnes
 	h.server = &fakeServer{ln: sln, greet: greet, respond: respond}
 	go h.server.serve()
 
-	srv := NewServer(Config{
-		Logger:     slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		PinholeTTL: time.Second,
-	}, h.gate)
+	cfg.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.PinholeTTL = time.Second
+	srv := NewServer(cfg, h.gate)
 	srv.dial = func(s *session) (net.Conn, error) { return net.Dial("tcp", sln.Addr().String()) }
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -424,5 +428,66 @@ func TestSessionEscapesIACOnTheWire(t *testing.T) {
 	got := h.server.received()
 	if len(got) != 1 || got[0] != "SITE \xff\xff\xf4x" {
 		t.Fatalf("server received %q, want the 0xFF doubled", got)
+	}
+}
+
+func TestSessionServerPassiveRange(t *testing.T) {
+	h := newHarnessConfig(t, Config{ServerPassivePorts: PortRange{40000, 40100}}, "", nil)
+	h.send("PASV")
+	h.expect("425 ")
+	h.send("EPSV")
+	h.expect("425 ")
+	if f := h.gate.Flows(); len(f) != 0 {
+		t.Fatalf("opened %v, want nothing", f)
+	}
+	if !strings.Contains(h.logs.String(), string(ReasonServerPorts)) {
+		t.Fatal("no log line for the out-of-range port")
+	}
+}
+
+func TestSessionReverseRewrites(t *testing.T) {
+	server50000 := netip.MustParseAddrPort("127.0.0.1:50000")
+	tests := []struct {
+		name     string
+		cmd      string
+		reply    string // the fake server's answer to cmd; "" for the default
+		toClient string
+		toServer string
+		flow     Flow
+	}{
+		{"PASV", "PASV", "", "227 Entering Passive Mode (127,0,0,1,234,96).", "PASV",
+			Flow{Src: loop4, Dst: netip.MustParseAddrPort("127.0.0.1:60000"), Dir: Passive, Target: server50000, SNAT: loop4}},
+		{"PASV naming a third party", "PASV", "227 Entering Passive Mode (192,0,2,7,195,80).\r\n", "227 Entering Passive Mode (127,0,0,1,234,96).", "PASV",
+			Flow{Src: loop4, Dst: netip.MustParseAddrPort("127.0.0.1:60000"), Dir: Passive, Target: server50000, SNAT: loop4}},
+		{"EPSV", "EPSV", "229 Entering Extended Passive Mode (|||50000|)\r\n", "229 Entering Extended Passive Mode (|||60000|)", "EPSV",
+			Flow{Src: loop4, Dst: netip.MustParseAddrPort("127.0.0.1:60000"), Dir: Passive, Target: server50000, SNAT: loop4}},
+		{"PORT", "PORT 127,0,0,1,195,80", "", "200 ", "PORT 127,0,0,1,234,96",
+			Flow{Src: loop4, Dst: netip.MustParseAddrPort("127.0.0.1:60000"), Dir: Active, Target: server50000, SNAT: loop4}},
+		{"EPRT", "EPRT |1|127.0.0.1|50000|", "", "200 ", "EPRT |1|127.0.0.1|60000|",
+			Flow{Src: loop4, Dst: netip.MustParseAddrPort("127.0.0.1:60000"), Dir: Active, Target: server50000, SNAT: loop4}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Config{Mode: Reverse, PassivePorts: PortRange{60000, 60000}}
+			h := newHarnessConfig(t, cfg, "", func(cmd string) string {
+				if cmd == tc.cmd && tc.reply != "" {
+					return tc.reply
+				}
+				return defaultRespond(cmd)
+			})
+			h.send(tc.cmd)
+			if got := h.expect(tc.toClient); strings.HasSuffix(tc.toClient, ".") && got != tc.toClient {
+				t.Fatalf("client got %q, want %q", got, tc.toClient)
+			}
+			if got := h.server.received(); len(got) != 1 || got[0] != tc.toServer {
+				t.Fatalf("server got %q, want %q", got, tc.toServer)
+			}
+			if f := h.gate.Flows(); len(f) != 1 || f[0] != tc.flow {
+				t.Fatalf("opened %v, want %v", f, tc.flow)
+			}
+			// The single port of the range is taken: the next opening is refused.
+			h.send(tc.cmd)
+			h.expect("425 ")
+		})
 	}
 }
