@@ -81,7 +81,7 @@ func runCmd(args []string) error {
 		}
 	}()
 	for _, addr := range o.listen.values {
-		ln, err := proxy.Listen(ctx, addr)
+		ln, err := proxy.Listen(ctx, addr, proxy.Transparent)
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,450 @@
+package nft
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
+	"github.com/ti-mo/conntrack"
+	"github.com/ti-mo/netfilter"
+)
+
+// Finding is one result of Check.
+type Finding struct {
+	OK   bool
+	What string
+	Fix  string // what to do when !OK
+}
+
+func (f Finding) String() string {
+	if f.OK {
+		return "ok: " + f.What
+	}
+	return "FAIL: " + f.What + " — " + f.Fix
+}
+
+// capNetAdmin is CAP_NET_ADMIN's bit in CapEff.
+const capNetAdmin = 12
+
+// Check inspects the network namespace of the calling thread: privileges,
+// nftables, kernel support for what New installs (probed in a throwaway
+// dormant table "inet ftpgate_check_<pid>" that is deleted again), conntrack
+// events, and whether the host ruleset lets ftpgate's connections through.
+// It changes nothing else.
+func Check(cfg Config) []Finding {
+	var out []Finding
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return []Finding{{What: "configuration", Fix: err.Error()}}
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	out = append(out, checkPrivileges())
+
+	conn, err := nftables.New()
+	if err == nil {
+		_, err = conn.ListTables()
+	}
+	if err != nil {
+		return append(out, Finding{What: "nftables is not reachable: " + cause(err), Fix: fixFor(err, "load the nf_tables module (modprobe nf_tables)")})
+	}
+	out = append(out, Finding{OK: true, What: "nftables is reachable"})
+	out = append(out, checkKernel(conn, cfg)...)
+	out = append(out, checkCTEvents())
+	out = append(out, checkHostRuleset(conn, cfg)...)
+	return out
+}
+
+func fixFor(err error, otherwise string) string {
+	if h := hint(err); h != "" {
+		return h
+	}
+	return otherwise
+}
+
+func checkPrivileges() Finding {
+	// Capabilities are per thread: read this (locked) thread's.
+	data, err := os.ReadFile("/proc/thread-self/status")
+	if err != nil {
+		data, err = os.ReadFile("/proc/self/status")
+	}
+	if err != nil {
+		return Finding{What: "cannot read /proc/self/status to check capabilities: " + err.Error(), Fix: "mount /proc"}
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		hexCaps, ok := strings.CutPrefix(sc.Text(), "CapEff:")
+		if !ok {
+			continue
+		}
+		caps, err := strconv.ParseUint(strings.TrimSpace(hexCaps), 16, 64)
+		if err != nil {
+			break
+		}
+		if caps&(1<<capNetAdmin) != 0 {
+			return Finding{OK: true, What: fmt.Sprintf("running with CAP_NET_ADMIN (uid %d)", os.Geteuid())}
+		}
+		return Finding{
+			What: fmt.Sprintf("running without CAP_NET_ADMIN (uid %d)", os.Geteuid()),
+			Fix:  "run as root with CAP_NET_ADMIN, or grant it (systemd: AmbientCapabilities=CAP_NET_ADMIN)",
+		}
+	}
+	return Finding{What: "no CapEff line in /proc/self/status", Fix: "run on Linux with /proc mounted"}
+}
+
+// checkKernel probes each kernel feature New needs in its own batch, inside a
+// dormant (hence packet-inert) throwaway table.
+func checkKernel(c *nftables.Conn, cfg Config) []Finding {
+	name := fmt.Sprintf("ftpgate_check_%d", os.Getpid())
+	o := newObjects(cfg, name, nftables.TableFlagDormant)
+	var out []Finding
+
+	c.AddTable(o.table)
+	c.AddChain(o.chain)
+	err := c.AddSet(o.ports, []nftables.SetElement{{Key: binaryutil.BigEndian.PutUint16(21)}})
+	for _, fa := range families {
+		if err == nil {
+			err = c.AddSet(o.pins[fa], nil)
+		}
+	}
+	if err == nil {
+		err = c.Flush()
+	}
+	if err != nil {
+		// Nothing was created: the batch is atomic.
+		return append(out, Finding{
+			What: fmt.Sprintf("cannot create a probe table with a prerouting chain and timeout sets (inet %s): %v", name, err),
+			Fix:  fixFor(err, "use a kernel with nf_tables, inet tables and hash sets with timeouts (CONFIG_NF_TABLES_INET, CONFIG_NFT_SET_HASH)"),
+		})
+	}
+	out = append(out, Finding{OK: true, What: "kernel supports the inet table, prerouting chain and timeout sets"})
+
+	probe := func(what, fix string, exprs ...[]expr.Any) {
+		for _, e := range exprs {
+			c.AddRule(&nftables.Rule{Table: o.table, Chain: o.chain, Exprs: e})
+		}
+		if err := c.Flush(); err != nil {
+			out = append(out, Finding{What: "kernel lacks " + what + ": " + err.Error(), Fix: fixFor(err, fix)})
+			return
+		}
+		out = append(out, Finding{OK: true, What: "kernel supports " + what})
+	}
+	probe("ct mark (nft_ct)", "load nft_ct / enable CONFIG_NFT_CT",
+		setCTMark(cfg.CTMark, cfg.CTMask))
+	probe("one-shot pinholes (dynset delete on concatenated keys, nft_dynset)",
+		"use Linux >= 5.4 with CONFIG_NFT_DYNSET",
+		pinRuleExprs(cfg, &fam4, o.pins[&fam4]), pinRuleExprs(cfg, &fam6, o.pins[&fam6]))
+	probe("socket transparent (nft_socket)", "load nft_socket / enable CONFIG_NFT_SOCKET",
+		returnRuleExprs(cfg))
+	tp4, tp6 := cfg.TProxy4, cfg.TProxy6
+	if !tp4.IsValid() {
+		tp4 = DefaultTProxy4
+	}
+	if !tp6.IsValid() {
+		tp6 = DefaultTProxy6
+	}
+	probe("tproxy (nft_tproxy)", "load nft_tproxy / enable CONFIG_NFT_TPROXY",
+		tproxyRuleExprs(cfg, &fam4, o.ports, tp4), tproxyRuleExprs(cfg, &fam6, o.ports, tp6))
+
+	// Elements with a timeout, and destroying an element (used to refresh).
+	set := o.pins[&fam4]
+	key := fam4.pinKey(netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), 65535)
+	err = c.SetAddElements(set, []nftables.SetElement{{Key: key, Timeout: time.Second}})
+	if err == nil {
+		err = c.Flush()
+	}
+	if err != nil {
+		out = append(out, Finding{What: "cannot add a set element with a timeout: " + err.Error(), Fix: fixFor(err, "use a kernel with set element timeouts (CONFIG_NFT_SET_HASH)")})
+	} else {
+		err = c.SetDestroyElements(set, []nftables.SetElement{{Key: key}, {Key: key}})
+		if err == nil {
+			err = c.Flush()
+		}
+		if err != nil {
+			out = append(out, Finding{What: "kernel cannot destroy set elements (NFT_MSG_DESTROYSETELEM): " + err.Error(), Fix: "use Linux >= 6.3 (re-opening an outstanding pinhole fails otherwise)"})
+		} else {
+			out = append(out, Finding{OK: true, What: "kernel supports set element timeouts and destroy"})
+		}
+	}
+
+	c.DelTable(o.table)
+	if err := c.Flush(); err != nil {
+		out = append(out, Finding{
+			What: fmt.Sprintf("cannot delete the probe table inet %s: %v", name, err),
+			Fix:  fmt.Sprintf("delete it by hand: nft delete table inet %s", name),
+		})
+	}
+	return out
+}
+
+func checkCTEvents() Finding {
+	if b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_events"); err == nil && strings.TrimSpace(string(b)) == "0" {
+		return Finding{
+			What: "conntrack events are disabled (net.netfilter.nf_conntrack_events = 0): used pinholes are counted as expired",
+			Fix:  "sysctl -w net.netfilter.nf_conntrack_events=2",
+		}
+	}
+	c, err := conntrack.Dial(nil)
+	if err != nil {
+		return Finding{What: "cannot open a conntrack netlink socket: " + err.Error(), Fix: fixFor(err, "load nf_conntrack_netlink")}
+	}
+	defer c.Close()
+	evCh := make(chan conntrack.Event)
+	if _, err := c.Listen(evCh, 1, []netfilter.NetlinkGroup{netfilter.GroupCTNew}); err != nil {
+		return Finding{What: "cannot subscribe to conntrack events: " + err.Error(), Fix: fixFor(err, "load nf_conntrack_netlink (CONFIG_NF_CT_NETLINK)")}
+	}
+	return Finding{OK: true, What: "conntrack new-connection events can be watched"}
+}
+
+var familyNames = map[nftables.TableFamily]string{
+	nftables.TableFamilyIPv4: "ip",
+	nftables.TableFamilyIPv6: "ip6",
+	nftables.TableFamilyINet: "inet",
+}
+
+// checkHostRuleset looks at every input/forward base chain of other tables
+// that drops by default or ends with a drop/reject rule, and checks that it
+// accepts ftpgate's ct mark.
+func checkHostRuleset(c *nftables.Conn, cfg Config) []Finding {
+	chains, err := c.ListChains()
+	if err != nil {
+		return []Finding{{What: "cannot list nftables chains: " + err.Error(), Fix: fixFor(err, "check nftables")}}
+	}
+	line := acceptLine(cfg)
+	rulesOf := map[*nftables.Chain][]*nftables.Rule{}
+	getRules := func(ch *nftables.Chain) ([]*nftables.Rule, error) {
+		if r, ok := rulesOf[ch]; ok {
+			return r, nil
+		}
+		r, err := c.GetRules(ch.Table, ch)
+		rulesOf[ch] = r
+		return r, err
+	}
+	byName := func(t *nftables.Table, name string) *nftables.Chain {
+		for _, ch := range chains {
+			if ch.Name == name && ch.Table.Name == t.Name && ch.Table.Family == t.Family {
+				return ch
+			}
+		}
+		return nil
+	}
+
+	var out []Finding
+	for _, ch := range chains {
+		fam, ok := familyNames[ch.Table.Family]
+		if !ok || ch.Hooknum == nil {
+			continue
+		}
+		if *ch.Hooknum != *nftables.ChainHookInput && *ch.Hooknum != *nftables.ChainHookForward {
+			continue
+		}
+		if ch.Table.Family == nftables.TableFamilyINet && (ch.Table.Name == cfg.Table || strings.HasPrefix(ch.Table.Name, "ftpgate_check_")) {
+			continue
+		}
+		hook := "input"
+		if *ch.Hooknum == *nftables.ChainHookForward {
+			hook = "forward"
+		}
+		where := fmt.Sprintf("table %s %s chain %s", fam, ch.Table.Name, ch.Name)
+		if ch.Name != hook {
+			where += " (hook " + hook + ")"
+		}
+		rules, err := getRules(ch)
+		if err != nil {
+			out = append(out, Finding{What: fmt.Sprintf("cannot list the rules of %s: %v", where, err), Fix: fixFor(err, "check nftables")})
+			continue
+		}
+		policyDrop := ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop
+		lastDrop := len(rules) > 0 && isDropRule(rules[len(rules)-1])
+		if !policyDrop && !lastDrop {
+			continue
+		}
+		how := "drops by default"
+		if !policyDrop {
+			how = "ends with a drop rule"
+		}
+		acceptAt, dropsBefore := -1, 0
+		for i, r := range rules {
+			if policyDrop || i < len(rules)-1 {
+				if acceptsMark(r, cfg) || jumpsToAccept(r, ch.Table, byName, getRules, cfg, 4) {
+					acceptAt = i
+					break
+				}
+			}
+			if isDropRule(r) {
+				dropsBefore++
+			}
+		}
+		if acceptAt < 0 {
+			out = append(out, Finding{
+				What: fmt.Sprintf("%s %s and does not accept ftpgate's ct mark", where, how),
+				Fix:  "add before its drops: " + line,
+			})
+			continue
+		}
+		what := fmt.Sprintf("%s %s and accepts ftpgate's ct mark", where, how)
+		if dropsBefore > 0 {
+			what += fmt.Sprintf(" (after %d drop/reject rules: make sure they do not match FTP data connections)", dropsBefore)
+		}
+		out = append(out, Finding{OK: true, What: what})
+	}
+	if len(out) == 0 {
+		out = append(out, Finding{OK: true, What: "no host chain drops forwarded traffic; nothing to add"})
+	}
+	return out
+}
+
+// isDropRule reports whether r ends in drop or reject.
+func isDropRule(r *nftables.Rule) bool {
+	if len(r.Exprs) == 0 {
+		return false
+	}
+	switch e := r.Exprs[len(r.Exprs)-1].(type) {
+	case *expr.Verdict:
+		return e.Kind == expr.VerdictDrop
+	case *expr.Reject:
+		return true
+	}
+	for _, e := range r.Exprs {
+		if _, ok := e.(*expr.Reject); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// acceptsMark reports whether r accepts every connection carrying
+// ftpgate's ct mark: ct mark [& M] ==/!= D ... accept.
+func acceptsMark(r *nftables.Rule, cfg Config) bool {
+	if len(r.Exprs) == 0 {
+		return false
+	}
+	if v, ok := r.Exprs[len(r.Exprs)-1].(*expr.Verdict); !ok || v.Kind != expr.VerdictAccept {
+		return false
+	}
+	// Track which registers hold (ct mark & mask).
+	type val struct{ mask uint32 }
+	regs := map[uint32]val{}
+	for _, e := range r.Exprs {
+		switch e := e.(type) {
+		case *expr.Ct:
+			if e.SourceRegister {
+				continue
+			}
+			if e.Key == expr.CtKeyMARK {
+				regs[e.Register] = val{mask: 0xffffffff}
+			} else {
+				delete(regs, e.Register)
+			}
+		case *expr.Bitwise:
+			v, ok := regs[e.SourceRegister]
+			if !ok || len(e.Mask) != 4 || len(e.Xor) != 4 || binaryutil.NativeEndian.Uint32(e.Xor) != 0 {
+				delete(regs, e.DestRegister)
+				continue
+			}
+			regs[e.DestRegister] = val{mask: v.mask & binaryutil.NativeEndian.Uint32(e.Mask)}
+		case *expr.Match:
+			// iptables-nft: -m connmark --mark M/K -j ACCEPT
+			if xtConnmarkAccepts(e, cfg) {
+				return true
+			}
+		case *expr.Cmp:
+			v, ok := regs[e.Register]
+			if !ok || len(e.Data) != 4 {
+				continue
+			}
+			d := binaryutil.NativeEndian.Uint32(e.Data)
+			m := v.mask
+			if m&^cfg.CTMask != 0 {
+				// Compares bits ftpgate does not set: tolerate a plain
+				// "ct mark == <mark>" (other bits are normally clear).
+				if e.Op == expr.CmpOpEq && d == cfg.CTMark {
+					return true
+				}
+				continue
+			}
+			switch e.Op {
+			case expr.CmpOpEq:
+				if d == cfg.CTMark&m {
+					return true
+				}
+			case expr.CmpOpNeq:
+				if d != cfg.CTMark&m {
+					return true
+				}
+			}
+		default:
+			// Other loads may overwrite a register we track.
+			if reg, ok := destRegister(e); ok {
+				delete(regs, reg)
+			}
+		}
+	}
+	return false
+}
+
+// xtConnmarkAccepts decodes an iptables connmark match (struct
+// xt_connmark_mtinfo1: u32 mark, u32 mask, u8 invert, host byte order).
+func xtConnmarkAccepts(m *expr.Match, cfg Config) bool {
+	info, ok := m.Info.(*xt.Unknown)
+	if m.Name != "connmark" || m.Rev != 1 || !ok || len(*info) < 9 {
+		return false
+	}
+	b := *info
+	mark := binaryutil.NativeEndian.Uint32(b[0:4])
+	mask := binaryutil.NativeEndian.Uint32(b[4:8])
+	return b[8] == 0 && mask != 0 && mask&^cfg.CTMask == 0 && mark == cfg.CTMark&mask
+}
+
+func destRegister(e expr.Any) (uint32, bool) {
+	switch e := e.(type) {
+	case *expr.Meta:
+		return e.Register, !e.SourceRegister
+	case *expr.Payload:
+		return e.DestRegister, e.OperationType == expr.PayloadLoad
+	case *expr.Immediate:
+		return e.Register, true
+	}
+	return 0, false
+}
+
+// jumpsToAccept reports whether r is an unconditional jump/goto to a chain of
+// the same table that accepts ftpgate's mark (followed up to depth levels).
+func jumpsToAccept(r *nftables.Rule, t *nftables.Table, byName func(*nftables.Table, string) *nftables.Chain,
+	getRules func(*nftables.Chain) ([]*nftables.Rule, error), cfg Config, depth int) bool {
+	if depth == 0 || len(r.Exprs) != 1 {
+		return false
+	}
+	v, ok := r.Exprs[0].(*expr.Verdict)
+	if !ok || (v.Kind != expr.VerdictJump && v.Kind != expr.VerdictGoto) {
+		return false
+	}
+	ch := byName(t, v.Chain)
+	if ch == nil {
+		return false
+	}
+	rules, err := getRules(ch)
+	if err != nil {
+		return false
+	}
+	for _, sub := range rules {
+		if acceptsMark(sub, cfg) || jumpsToAccept(sub, t, byName, getRules, cfg, depth-1) {
+			return true
+		}
+		if isDropRule(sub) && len(sub.Exprs) == 1 {
+			return false
+		}
+	}
+	return false
+}

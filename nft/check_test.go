@@ -1,0 +1,127 @@
+package nft
+
+import (
+	"strings"
+	"testing"
+)
+
+func findings(t *testing.T, ns *testNS, cfg Config) []Finding {
+	var out []Finding
+	ns.do(t, func() { out = Check(cfg) })
+	for _, f := range out {
+		t.Log(f)
+	}
+	return out
+}
+
+func TestCheck(t *testing.T) {
+	requireRoot(t)
+	ns := newNS(t, "check")
+
+	// A clean namespace: everything supported, nothing to add.
+	out := findings(t, ns, Config{})
+	for _, f := range out {
+		if !f.OK {
+			t.Errorf("unexpected failed finding in a clean namespace: %v", f)
+		}
+	}
+	if !hasFinding(out, true, "no host chain drops forwarded traffic; nothing to add") {
+		t.Errorf("missing the nothing-to-add finding")
+	}
+	for _, want := range []string{"CAP_NET_ADMIN", "tproxy", "socket transparent", "dynset delete", "ct mark", "timeouts"} {
+		if !hasFinding(out, true, want) {
+			t.Errorf("missing an OK finding about %q", want)
+		}
+	}
+	if tables := ns.exec(t, "nft", "list", "tables"); strings.TrimSpace(tables) != "" {
+		t.Errorf("Check left tables behind:\n%s", tables)
+	}
+
+	// A forward chain that drops by default without the ct mark line.
+	ns.nft(t, `table inet filter {
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname "lo" accept
+	}
+}
+table ip legacy {
+	chain in4 {
+		type filter hook input priority filter; policy accept;
+		tcp dport 22 accept
+		drop
+	}
+}`)
+	out = findings(t, ns, Config{})
+	want := Finding{
+		What: "table inet filter chain forward drops by default and does not accept ftpgate's ct mark",
+		Fix:  "add before its drops: ct mark & 0x100 == 0x100 accept",
+	}
+	if !contains(out, want) {
+		t.Errorf("missing finding %+v", want)
+	}
+	want = Finding{
+		What: "table ip legacy chain in4 (hook input) ends with a drop rule and does not accept ftpgate's ct mark",
+		Fix:  "add before its drops: ct mark & 0x100 == 0x100 accept",
+	}
+	if !contains(out, want) {
+		t.Errorf("missing finding %+v", want)
+	}
+	if hasFinding(out, false, "chain input") {
+		t.Errorf("the accepting input chain was reported")
+	}
+	// A different mark is reported with that mark.
+	out = findings(t, ns, Config{CTMark: 0x4000, CTMask: 0xc000})
+	if !contains(out, Finding{
+		What: "table inet filter chain forward drops by default and does not accept ftpgate's ct mark",
+		Fix:  "add before its drops: ct mark & 0xc000 == 0x4000 accept",
+	}) {
+		t.Errorf("custom mark not reflected in the fix")
+	}
+
+	// With the line added (in the forms nft users write) the chains are fine.
+	ns.exec(t, "nft", "insert", "rule", "inet", "filter", "forward", "ct", "mark", "&", "0x100", "==", "0x100", "accept")
+	ns.exec(t, "nft", "add", "chain", "ip", "legacy", "ftp")
+	ns.exec(t, "nft", "add", "rule", "ip", "legacy", "ftp", "ct", "mark", "and", "0x100", "!=", "0", "accept")
+	ns.exec(t, "nft", "insert", "rule", "ip", "legacy", "in4", "jump", "ftp")
+	out = findings(t, ns, Config{})
+	for _, f := range out {
+		if !f.OK {
+			t.Errorf("unexpected failed finding: %v", f)
+		}
+	}
+	for _, w := range []string{
+		"table inet filter chain forward drops by default and accepts ftpgate's ct mark",
+		"table ip legacy chain in4 (hook input) ends with a drop rule and accepts ftpgate's ct mark",
+	} {
+		if !hasFinding(out, true, w) {
+			t.Errorf("missing OK finding %q", w)
+		}
+	}
+	// A rule matching another bit does not count.
+	out = findings(t, ns, Config{CTMark: 0x200, CTMask: 0x200})
+	if !hasFinding(out, false, "table inet filter chain forward drops by default and does not accept") {
+		t.Errorf("a ct mark rule for another bit was taken as accepting 0x200")
+	}
+}
+
+func hasFinding(out []Finding, ok bool, substr string) bool {
+	for _, f := range out {
+		if f.OK == ok && strings.Contains(f.What, substr) {
+			return true
+		}
+	}
+	return false
+}
+
+func contains(out []Finding, want Finding) bool {
+	for _, f := range out {
+		if f == want {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,382 @@
+package nft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/ftpgate/ftpgate/proxy"
+)
+
+// Firewall owns the "inet ftpgate" table of one network namespace and
+// implements proxy.Gate with one-shot pinholes.
+type Firewall struct {
+	cfg Config
+	log *slog.Logger
+	obj *objects
+
+	// nlMu serialises batches on conn: a google/nftables Conn buffers
+	// messages per Conn, so building and flushing a batch must not interleave.
+	// Lock order: nlMu before mu.
+	nlMu sync.Mutex
+	conn *nftables.Conn // lasting; the table is owned by this socket
+
+	rt     *netlink.Handle // rtnetlink in the Firewall's namespace (nil unless Intercept)
+	routes routing
+
+	mu      sync.Mutex
+	closed  bool
+	entries map[pinKey]*pinhole
+	active  int
+	timers  sync.WaitGroup // running or pending expiry callbacks
+
+	events *ctEvents // nil when the conntrack listener could not start
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// pinKey identifies a pinhole the way the kernel set does.
+type pinKey struct {
+	src, dst netip.Addr
+	port     uint16
+}
+
+var _ proxy.Gate = (*Firewall)(nil)
+
+// New installs the table (and, in transparent mode, the policy routing) in the
+// network namespace of the calling thread and starts watching conntrack.
+// Call Close to remove everything; if the process dies instead, the kernel
+// removes the table with the netlink socket that owns it.
+func New(cfg Config, log *slog.Logger) (*Firewall, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	// Every socket below must be opened in the caller's namespace: keep this
+	// goroutine on its thread while they are created.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+
+	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}}
+	fw.conn, err = nftables.New(nftables.AsLasting())
+	if err != nil {
+		return nil, wrap("nftables", "open netlink socket", err)
+	}
+	if err := fw.install(); err != nil {
+		_ = fw.conn.CloseLasting()
+		return nil, err
+	}
+	if cfg.Intercept {
+		fw.rt, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			fw.removeTable()
+			return nil, wrap("netlink", "open rtnetlink socket", err)
+		}
+		if err := fw.routes.install(fw.rt, cfg); err != nil {
+			fw.routes.remove(fw.rt)
+			fw.rt.Close()
+			fw.removeTable()
+			return nil, err
+		}
+	}
+	fw.events, err = startCTEvents(fw.ownMark, fw.onConnNew, func(err error) {
+		log.Warn("nft: conntrack events lost; pinholes used from now on may be reported as expired", "err", err)
+	})
+	if err != nil {
+		log.Warn("nft: cannot watch conntrack events; pinholes will be reported as expired even when used",
+			"err", err)
+		fw.events = nil
+	}
+	log.Info("nft: installed", "table", "inet "+cfg.Table, "intercept", cfg.Intercept,
+		"ct_mark", fmt.Sprintf("%#x/%#x", cfg.CTMark, cfg.CTMask))
+	return fw, nil
+}
+
+// install creates the owner table with everything in it in one batch.
+func (fw *Firewall) install() error {
+	name := "inet " + fw.cfg.Table
+	existing, err := fw.conn.ListTableOfFamily(fw.cfg.Table, nftables.TableFamilyINet)
+	switch {
+	case err == nil && existing.Flags&nftables.TableFlagOwner != 0:
+		return fmt.Errorf("nftables: table %s already exists and is owned by netlink port %d — another ftpgate runs in this network namespace; stop it or use another table name", name, existing.Owner)
+	case err == nil:
+		fw.log.Warn("nft: replacing existing table without owner flag", "table", name)
+		fw.conn.DelTable(existing)
+	case errors.Is(err, unix.EPERM):
+		return wrap("nftables", "list table "+name, err)
+	}
+	fw.obj = newObjects(fw.cfg, fw.cfg.Table, nftables.TableFlagOwner)
+	if err := fw.obj.add(fw.conn, fw.cfg); err != nil {
+		return wrap("nftables", "prepare table "+name, err)
+	}
+	if err := fw.conn.Flush(); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			// An expression type the kernel could not find or autoload.
+			return wrapHint("nftables", "create table "+name, err,
+				"the kernel lacks an nftables module ftpgate needs (nft_ct, nft_dynset, nft_socket, nft_tproxy) — run `ftpgate check` to see which")
+		}
+		return wrap("nftables", "create table "+name, err)
+	}
+	return nil
+}
+
+// removeTable deletes the table explicitly, then closes the owning socket.
+func (fw *Firewall) removeTable() error {
+	fw.conn.DelTable(fw.obj.table)
+	err := fw.conn.Flush()
+	if errors.Is(err, unix.ENOENT) {
+		err = nil
+	}
+	if err != nil {
+		err = wrap("nftables", "delete table inet "+fw.cfg.Table, err)
+	}
+	if cerr := fw.conn.CloseLasting(); cerr != nil && err == nil {
+		err = wrap("nftables", "close netlink socket", cerr)
+	}
+	return err
+}
+
+// Close removes the table, the policy routing and stops watching conntrack.
+// Outstanding pinholes end (OnPinholeEnd with used=false). It is idempotent.
+func (fw *Firewall) Close() error {
+	fw.closeOnce.Do(func() { fw.closeErr = fw.close() })
+	return fw.closeErr
+}
+
+func (fw *Firewall) close() error {
+	fw.nlMu.Lock()
+	fw.mu.Lock()
+	fw.closed = true
+	var ended []*pinhole
+	for k, e := range fw.entries {
+		if fw.endLocked(e, false) {
+			ended = append(ended, e)
+		}
+		delete(fw.entries, k)
+	}
+	fw.mu.Unlock()
+
+	errs := []error{fw.removeTable()}
+	fw.nlMu.Unlock()
+	if fw.rt != nil {
+		errs = append(errs, fw.routes.remove(fw.rt))
+		fw.rt.Close()
+	}
+	if fw.events != nil {
+		fw.events.stop()
+	}
+	fw.timers.Wait()
+	fw.notify(ended)
+	fw.log.Info("nft: removed", "table", "inet "+fw.cfg.Table)
+	return errors.Join(errs...)
+}
+
+// Active returns the number of pinholes currently open.
+func (fw *Firewall) Active() int {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	return fw.active
+}
+
+// pinhole is one element of pin4/pin6.
+type pinhole struct {
+	fw      *Firewall
+	flow    proxy.Flow
+	key     pinKey
+	fa      *family
+	timer   *time.Timer
+	ended   bool // OnPinholeEnd was (or is about to be) called
+	revoked bool // Close found the element gone; waiting for used/expired
+	used    bool
+}
+
+// Open allows one TCP connection from f.Src to f.Dst for ttl. It returns after
+// the kernel acknowledged the element. An Open for a key that is still
+// outstanding replaces it (the earlier Pinhole ends, unused).
+func (fw *Firewall) Open(ctx context.Context, f proxy.Flow, ttl time.Duration) (proxy.Pinhole, error) {
+	if f.Target.IsValid() || f.SNAT.IsValid() {
+		return nil, ErrNATNotImplemented
+	}
+	key, err := flowKey(f)
+	if err != nil {
+		return nil, err
+	}
+	if ttl <= 0 {
+		return nil, fmt.Errorf("nft: pinhole %s: ttl %v must be positive", f, ttl)
+	}
+	// The kernel counts element timeouts in milliseconds.
+	ttl = ttl.Round(time.Millisecond)
+	if ttl < time.Millisecond {
+		ttl = time.Millisecond
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("nft: pinhole %s: %w", f, err)
+	}
+
+	fw.nlMu.Lock()
+	defer fw.nlMu.Unlock()
+	fw.mu.Lock()
+	if fw.closed {
+		fw.mu.Unlock()
+		return nil, ErrClosed
+	}
+	old := fw.entries[key]
+	fw.mu.Unlock()
+
+	fa := familyOf(key.src)
+	set := fw.obj.pins[fa]
+	elem := nftables.SetElement{Key: fa.pinKey(key.src, key.dst, key.port), Timeout: ttl}
+	if old != nil {
+		// Refresh: replace the element (and its timeout) atomically.
+		if err := fw.conn.SetDestroyElements(set, []nftables.SetElement{{Key: elem.Key}}); err != nil {
+			return nil, wrap("nftables", "refresh pinhole "+f.String(), err)
+		}
+	}
+	if err := fw.conn.SetAddElements(set, []nftables.SetElement{elem}); err != nil {
+		return nil, wrap("nftables", "add pinhole "+f.String(), err)
+	}
+	if err := fw.conn.Flush(); err != nil {
+		return nil, wrap("nftables", "add pinhole "+f.String()+" to set "+set.Name, err)
+	}
+
+	p := &pinhole{fw: fw, flow: f, key: key, fa: fa}
+	var ended []*pinhole
+	fw.mu.Lock()
+	if cur := fw.entries[key]; cur != nil && fw.endLocked(cur, false) {
+		ended = append(ended, cur)
+	}
+	fw.entries[key] = p
+	fw.active++
+	fw.timers.Add(1)
+	p.timer = time.AfterFunc(ttl+expireGrace, p.expire)
+	fw.mu.Unlock()
+	fw.notify(ended)
+	return p, nil
+}
+
+// flowKey validates f and returns its set key.
+func flowKey(f proxy.Flow) (pinKey, error) {
+	src := f.Src.Unmap().WithZone("")
+	dst := f.Dst.Addr().Unmap().WithZone("")
+	switch {
+	case !src.IsValid() || !dst.IsValid():
+		return pinKey{}, fmt.Errorf("nft: pinhole %s: source and destination addresses are required", f)
+	case src.Is4() != dst.Is4():
+		return pinKey{}, fmt.Errorf("nft: pinhole %s: source and destination are of different address families", f)
+	case f.Dst.Port() == 0:
+		return pinKey{}, fmt.Errorf("nft: pinhole %s: destination port 0 is not a port", f)
+	}
+	return pinKey{src: src, dst: dst, port: f.Dst.Port()}, nil
+}
+
+// endLocked marks e ended and forgets it; it reports whether the caller must
+// call OnPinholeEnd for it (false if it had ended already). fw.mu is held.
+func (fw *Firewall) endLocked(e *pinhole, used bool) bool {
+	if e.ended {
+		return false
+	}
+	e.ended, e.used = true, used
+	if !e.revoked {
+		fw.active--
+	}
+	if e.timer != nil && e.timer.Stop() {
+		fw.timers.Done()
+	}
+	if fw.entries[e.key] == e {
+		delete(fw.entries, e.key)
+	}
+	return true
+}
+
+// notify calls OnPinholeEnd for ended pinholes; no locks may be held.
+func (fw *Firewall) notify(ended []*pinhole) {
+	if fw.cfg.OnPinholeEnd == nil {
+		return
+	}
+	for _, e := range ended {
+		fw.cfg.OnPinholeEnd(e.flow, e.used)
+	}
+}
+
+// expire runs ttl+grace after Open.
+func (p *pinhole) expire() {
+	fw := p.fw
+	defer fw.timers.Done()
+	fw.mu.Lock()
+	var ended []*pinhole
+	if !p.ended {
+		p.timer = nil // already fired: endLocked must not count it again
+		if fw.endLocked(p, false) {
+			ended = append(ended, p)
+		}
+	}
+	fw.mu.Unlock()
+	fw.notify(ended)
+}
+
+// ownMark reports whether a ct mark carries ftpgate's mark.
+func (fw *Firewall) ownMark(mark uint32) bool { return mark&fw.cfg.CTMask == fw.cfg.CTMark }
+
+// onConnNew is called for every new TCP conntrack entry carrying our mark.
+func (fw *Firewall) onConnNew(k pinKey) {
+	fw.mu.Lock()
+	var ended []*pinhole
+	if e := fw.entries[k]; e != nil && fw.endLocked(e, true) {
+		ended = append(ended, e)
+	}
+	fw.mu.Unlock()
+	fw.notify(ended)
+}
+
+// Close revokes the pinhole if it is still open. It is idempotent.
+func (p *pinhole) Close() error {
+	fw := p.fw
+	fw.nlMu.Lock()
+	defer fw.nlMu.Unlock()
+	fw.mu.Lock()
+	if p.ended || p.revoked || fw.closed {
+		fw.mu.Unlock()
+		return nil
+	}
+	fw.mu.Unlock()
+
+	err := fw.conn.SetDeleteElements(fw.obj.pins[p.fa], []nftables.SetElement{{Key: p.fa.pinKey(p.key.src, p.key.dst, p.key.port)}})
+	if err == nil {
+		err = fw.conn.Flush()
+	}
+	fw.mu.Lock()
+	var ended []*pinhole
+	switch {
+	case err == nil:
+		// We removed it, so no connection consumed it.
+		if fw.endLocked(p, false) {
+			ended = append(ended, p)
+		}
+	case errors.Is(err, unix.ENOENT):
+		// Used or expired in the kernel already. Let the conntrack event or
+		// the expiry timer tell which; it no longer counts as active.
+		if !p.ended {
+			p.revoked = true
+			fw.active--
+		}
+		err = nil
+	default:
+		err = wrap("nftables", "remove pinhole "+p.flow.String(), err)
+	}
+	fw.mu.Unlock()
+	fw.notify(ended)
+	return err
+}

@@ -1,0 +1,750 @@
+package nft
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"go.uber.org/goleak"
+
+	"github.com/ftpgate/ftpgate/proxy"
+)
+
+// ended records OnPinholeEnd calls.
+type ended struct {
+	mu    sync.Mutex
+	calls []endCall
+	ch    chan endCall
+}
+
+type endCall struct {
+	f    proxy.Flow
+	used bool
+}
+
+func newEnded() *ended { return &ended{ch: make(chan endCall, 1000)} }
+
+func (e *ended) hook(f proxy.Flow, used bool) {
+	e.mu.Lock()
+	e.calls = append(e.calls, endCall{f, used})
+	e.mu.Unlock()
+	e.ch <- endCall{f, used}
+}
+
+func (e *ended) count() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.calls)
+}
+
+// wait returns the next call or fails after d.
+func (e *ended) wait(t *testing.T, d time.Duration) endCall {
+	t.Helper()
+	select {
+	case c := <-e.ch:
+		return c
+	case <-time.After(d):
+		t.Fatalf("OnPinholeEnd not called within %v", d)
+		return endCall{}
+	}
+}
+
+// leakCheck verifies, after every other cleanup of t (Firewall.Close, netns
+// deletion), that no goroutine started during the test is left.
+func leakCheck(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+func flow(src, dst string) proxy.Flow {
+	return proxy.Flow{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddrPort(dst), Dir: proxy.Passive}
+}
+
+func TestOpenValidation(t *testing.T) {
+	fw := &Firewall{} // validation happens before any kernel access
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		f    proxy.Flow
+		ttl  time.Duration
+		want string
+	}{
+		{"mixed families", flow("10.0.0.1", "[fd00::1]:5000"), time.Second, "different address families"},
+		{"port 0", flow("10.0.0.1", "10.0.0.2:0"), time.Second, "port 0"},
+		{"no source", proxy.Flow{Dst: netip.MustParseAddrPort("10.0.0.2:5000")}, time.Second, "addresses are required"},
+		{"ttl 0", flow("10.0.0.1", "10.0.0.2:5000"), 0, "ttl"},
+		{"negative ttl", flow("10.0.0.1", "10.0.0.2:5000"), -time.Second, "ttl"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := fw.Open(ctx, c.f, c.ttl)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Open(%v, %v) = %v, want error containing %q", c.f, c.ttl, err, c.want)
+			}
+		})
+	}
+	nat := flow("10.0.0.1", "10.0.0.2:5000")
+	nat.Target = netip.MustParseAddrPort("192.168.0.2:6000")
+	if _, err := fw.Open(ctx, nat, time.Second); !errors.Is(err, ErrNATNotImplemented) {
+		t.Fatalf("Open(NAT flow) = %v, want ErrNATNotImplemented", err)
+	}
+	nat = flow("10.0.0.1", "10.0.0.2:5000")
+	nat.SNAT = netip.MustParseAddr("192.168.0.1")
+	if _, err := fw.Open(ctx, nat, time.Second); !errors.Is(err, ErrNATNotImplemented) {
+		t.Fatalf("Open(SNAT flow) = %v, want ErrNATNotImplemented", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := fw.Open(cctx, flow("10.0.0.1", "10.0.0.2:5000"), time.Second); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Open(cancelled ctx) = %v, want context.Canceled", err)
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := Config{}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Table != "ftpgate" || cfg.CTMark != 0x100 || cfg.CTMask != 0x100 || cfg.FWMark != 1 ||
+		cfg.RouteTable != 100 || cfg.TProxy4 != DefaultTProxy4 || cfg.TProxy6 != DefaultTProxy6 ||
+		len(cfg.InterceptPorts) != 1 || cfg.InterceptPorts[0] != 21 {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	cfg, err = Config{TProxy4: netip.MustParseAddrPort("127.0.0.1:3000")}.withDefaults()
+	if err != nil || cfg.TProxy6.IsValid() {
+		t.Fatalf("only TProxy4 set: TProxy6 = %v (err %v), want invalid (no IPv6 interception)", cfg.TProxy6, err)
+	}
+	for _, bad := range []Config{
+		{CTMark: 0x300, CTMask: 0x100},
+		{InterceptPorts: []uint16{0}},
+		{TProxy4: netip.MustParseAddrPort("[::1]:2121")},
+		{RouteTable: 254},
+	} {
+		if _, err := bad.withDefaults(); err == nil {
+			t.Errorf("config %+v accepted, want error", bad)
+		}
+	}
+}
+
+// listTable inspects the table from a second (non-owner) netlink socket.
+func listTable(t *testing.T, ns *testNS, name string) (*nftables.Table, error) {
+	var tab *nftables.Table
+	var err error
+	ns.do(t, func() {
+		var c *nftables.Conn
+		c, err = nftables.New()
+		if err == nil {
+			tab, err = c.ListTableOfFamily(name, nftables.TableFamilyINet)
+		}
+	})
+	return tab, err
+}
+
+func TestNewInstallsAndCloseRemoves(t *testing.T) {
+	requireRoot(t)
+	leakCheck(t)
+	ns := newNS(t, "new")
+	var fw *Firewall
+	ns.do(t, func() {
+		var err error
+		fw, err = New(Config{Intercept: true, InterceptPorts: []uint16{21, 2121}}, testLogger(t))
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+	})
+	defer fw.Close()
+
+	tab, err := listTable(t, ns, "ftpgate")
+	if err != nil {
+		t.Fatalf("table inet ftpgate not found from a second socket: %v", err)
+	}
+	pid, _ := fw.conn.GetPortID()
+	if tab.Flags&nftables.TableFlagOwner == 0 || tab.Owner != pid {
+		t.Errorf("table flags %#x owner %d, want owner flag and owner %d", tab.Flags, tab.Owner, pid)
+	}
+
+	rs := ns.exec(t, "nft", "list", "ruleset")
+	for _, want := range []string{
+		"table inet ftpgate",
+		"set intercept_ports",
+		"elements = { 21, 2121 }",
+		"set pin4",
+		"type ipv4_addr . ipv4_addr . inet_service",
+		"set pin6",
+		"type ipv6_addr . ipv6_addr . inet_service",
+		"flags dynamic,timeout",
+		"type filter hook prerouting priority mangle; policy accept;",
+		"meta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept",
+		"tcp dport @intercept_ports ct mark set ct mark | 0x00000100 meta mark set 0x00000001 tproxy ip to 127.0.0.1:2121 accept",
+		"tproxy ip6 to [::1]:2121 accept",
+		"ct state new ip saddr . ip daddr . tcp dport @pin4 delete @pin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark | 0x00000100",
+		"ct state new ip6 saddr . ip6 daddr . tcp dport @pin6 delete @pin6 { ip6 saddr . ip6 daddr . tcp dport } ct mark set ct mark | 0x00000100",
+	} {
+		if !strings.Contains(rs, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, rs)
+		}
+	}
+	// The socket-transparent rule comes before the tproxy rules.
+	if i, j := strings.Index(rs, "socket transparent"), strings.Index(rs, "tproxy ip to"); i < 0 || j < 0 || i > j {
+		t.Errorf("socket transparent rule must precede the tproxy rule:\n%s", rs)
+	}
+
+	checkRouting := func(present bool) {
+		t.Helper()
+		for _, fam := range []string{"-4", "-6"} {
+			rules := run(t, "ip", "-n", ns.name, fam, "rule", "show")
+			if got := strings.Count(rules, "fwmark 0x1 lookup 100"); (got == 1) != present || got > 1 {
+				t.Errorf("ip %s rule: %d fwmark rules, want present=%v:\n%s", fam, got, present, rules)
+			}
+			routes := run(t, "ip", "-n", ns.name, fam, "route", "show", "table", "100")
+			if got := strings.Contains(routes, "local default dev lo"); got != present {
+				t.Errorf("ip %s route show table 100: present=%v, want %v:\n%s", fam, got, present, routes)
+			}
+		}
+	}
+	checkRouting(true)
+
+	// A second instance in the same namespace is refused with a clear error.
+	ns.do(t, func() {
+		fw2, err := New(Config{}, nil)
+		if err == nil {
+			fw2.Close()
+			t.Fatal("second New in the same namespace succeeded")
+		}
+		if !strings.Contains(err.Error(), "another ftpgate") {
+			t.Errorf("second New: %v, want it to say another ftpgate owns the table", err)
+		}
+	})
+
+	if err := fw.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := fw.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := listTable(t, ns, "ftpgate"); err == nil {
+		t.Error("table inet ftpgate still exists after Close")
+	}
+	if rs := ns.exec(t, "nft", "list", "ruleset"); strings.TrimSpace(rs) != "" {
+		t.Errorf("ruleset not empty after Close:\n%s", rs)
+	}
+	checkRouting(false)
+	if _, err := fw.Open(context.Background(), flow("10.0.0.1", "10.0.0.2:5000"), time.Second); !errors.Is(err, ErrClosed) {
+		t.Errorf("Open after Close = %v, want ErrClosed", err)
+	}
+}
+
+// setElements lists a pinhole set with nft.
+func setElements(t *testing.T, ns *testNS, set string) string {
+	t.Helper()
+	return ns.exec(t, "nft", "list", "set", "inet", "ftpgate", set)
+}
+
+// pinElements lists a pinhole set through the nftables API (fast, unlike
+// exec'ing nft on a loaded machine, which matters with 1s timeouts).
+func pinElements(t *testing.T, ns *testNS, fa *family) map[string]time.Duration {
+	t.Helper()
+	out := map[string]time.Duration{}
+	ns.do(t, func() {
+		c, err := nftables.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		set := &nftables.Set{Name: fa.pinSet, Table: &nftables.Table{Name: "ftpgate", Family: nftables.TableFamilyINet}, KeyType: fa.keyType}
+		elems, err := c.GetSetElements(set)
+		if err != nil {
+			t.Fatalf("list set %s: %v", fa.pinSet, err)
+		}
+		for _, e := range elems {
+			out[string(e.Key)] = e.Timeout
+		}
+	})
+	return out
+}
+
+func keyOf(f proxy.Flow) (*family, string) {
+	k, err := flowKey(f)
+	if err != nil {
+		panic(err)
+	}
+	fa := familyOf(k.src)
+	return fa, string(fa.pinKey(k.src, k.dst, k.port))
+}
+
+func TestOpenAddsElementThatExpires(t *testing.T) {
+	requireRoot(t)
+	leakCheck(t)
+	ns := newNS(t, "exp")
+	rec := newEnded()
+	fw := newFirewall(t, ns, Config{OnPinholeEnd: rec.hook})
+	ctx := context.Background()
+
+	flows := []proxy.Flow{
+		flow("10.77.0.1", "10.77.0.2:5000"),
+		flow("fd77::1", "[fd77::2]:5001"),
+		// An IPv4-mapped IPv6 address is an IPv4 flow.
+		flow("::ffff:10.77.0.3", "10.77.0.2:5002"),
+	}
+	var holes []proxy.Pinhole
+	for _, f := range flows {
+		p, err := fw.Open(ctx, f, time.Second)
+		if err != nil {
+			t.Fatalf("Open(%v): %v", f, err)
+		}
+		holes = append(holes, p)
+		fa, key := keyOf(f)
+		if timeout, ok := pinElements(t, ns, fa)[key]; !ok || timeout != time.Second {
+			t.Errorf("set %s: element for %v present=%v timeout=%v, want present with timeout 1s", fa.pinSet, f, ok, timeout)
+		}
+	}
+	if !strings.Contains(setElements(t, ns, "pin4"), "10.77.0.3 . 10.77.0.2 . 5002") {
+		t.Errorf("nft does not show the element of the IPv4-mapped flow in pin4")
+	}
+	if got := fw.Active(); got != len(flows) {
+		t.Errorf("Active() = %d, want %d", got, len(flows))
+	}
+
+	// The kernel expires the elements after 1s ...
+	deadline := time.Now().Add(5 * time.Second)
+	for _, f := range flows {
+		fa, key := keyOf(f)
+		for {
+			if _, ok := pinElements(t, ns, fa)[key]; !ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("element of %v still present long after its timeout", f)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	// ... and the expiry is reported ttl+grace after Open, as unused.
+	seen := map[proxy.Flow]bool{}
+	for range flows {
+		c := rec.wait(t, 10*time.Second)
+		if c.used {
+			t.Errorf("OnPinholeEnd(%v, used=true), want false (expired)", c.f)
+		}
+		seen[c.f] = true
+	}
+	if len(seen) != len(flows) {
+		t.Errorf("OnPinholeEnd called for %v, want each of %d flows once", seen, len(flows))
+	}
+	if got := fw.Active(); got != 0 {
+		t.Errorf("Active() = %d after expiry, want 0", got)
+	}
+	for _, p := range holes {
+		if err := p.Close(); err != nil {
+			t.Errorf("Close after expiry: %v", err)
+		}
+	}
+
+	// Closing a pinhole the kernel expired but ftpgate did not report yet
+	// deletes a missing element (ENOENT): not an error, no longer active,
+	// and it is still reported once, when its timer fires.
+	f := flow("10.77.0.9", "10.77.0.2:5009")
+	p, err := fw.Open(ctx, f, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := p.Close(); err != nil {
+		t.Errorf("Close of an expired pinhole: %v", err)
+	}
+	if got := fw.Active(); got != 0 {
+		t.Errorf("Active() = %d after closing an expired pinhole, want 0", got)
+	}
+	if c := rec.wait(t, 10*time.Second); c.f != f || c.used {
+		t.Errorf("OnPinholeEnd(%v, %v), want (%v, false)", c.f, c.used, f)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := rec.count(); n != len(flows)+1 {
+		t.Errorf("OnPinholeEnd called %d times, want %d", n, len(flows)+1)
+	}
+}
+
+func TestPinholeCloseRevokesAndRefresh(t *testing.T) {
+	requireRoot(t)
+	ns := newNS(t, "rev")
+	rec := newEnded()
+	fw := newFirewall(t, ns, Config{OnPinholeEnd: rec.hook})
+	ctx := context.Background()
+	f := flow("10.77.0.1", "10.77.0.2:5000")
+
+	p, err := fw.Open(ctx, f, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if c := rec.wait(t, 5*time.Second); c.used || c.f != f {
+		t.Errorf("OnPinholeEnd(%v, %v), want (%v, false)", c.f, c.used, f)
+	}
+	if got := setElements(t, ns, "pin4"); strings.Contains(got, "10.77.0.1") {
+		t.Errorf("element still present after Close:\n%s", got)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if fw.Active() != 0 {
+		t.Errorf("Active() = %d, want 0", fw.Active())
+	}
+
+	// Refresh: a second Open of the same key replaces the first.
+	p1, err := fw.Open(ctx, f, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := fw.Open(ctx, f, 2*time.Minute)
+	if err != nil {
+		t.Fatalf("Open of an outstanding key: %v", err)
+	}
+	if c := rec.wait(t, 5*time.Second); c.used {
+		t.Errorf("replaced pinhole reported used")
+	}
+	if fw.Active() != 1 {
+		t.Errorf("Active() = %d after refresh, want 1", fw.Active())
+	}
+	got := setElements(t, ns, "pin4")
+	if strings.Count(got, "10.77.0.1 . 10.77.0.2 . 5000") != 1 || !strings.Contains(got, "timeout 2m") {
+		t.Errorf("want one element with the new timeout 2m:\n%s", got)
+	}
+	if err := p1.Close(); err != nil { // superseded: no-op
+		t.Fatal(err)
+	}
+	if got := setElements(t, ns, "pin4"); !strings.Contains(got, "10.77.0.1") {
+		t.Errorf("closing the superseded pinhole removed the new element:\n%s", got)
+	}
+	if err := p2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := setElements(t, ns, "pin4"); strings.Contains(got, "10.77.0.1") {
+		t.Errorf("element still present:\n%s", got)
+	}
+
+	// Firewall.Close ends outstanding pinholes.
+	if _, err := fw.Open(ctx, flow("10.77.0.5", "10.77.0.2:5000"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for rec.count() < 4 {
+		rec.wait(t, 5*time.Second)
+	}
+	if n := rec.count(); n != 4 {
+		t.Errorf("OnPinholeEnd called %d times, want 4", n)
+	}
+}
+
+// dial connects from inside ns.
+func dial(t *testing.T, ns *testNS, addr string) (net.Conn, error) {
+	var c net.Conn
+	var err error
+	ns.do(t, func() {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		c, err = d.Dial("tcp", addr)
+	})
+	return c, err
+}
+
+// echoServer listens on addr inside ns and echoes what it reads.
+func echoServer(t *testing.T, ns *testNS, addr string) {
+	var ln net.Listener
+	ns.do(t, func() {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("listen %s: %v", addr, err)
+		}
+	})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// TestOneShotTraffic sends real TCP connections through a pinhole and checks
+// that exactly one gets in. Mode "input": cli -> srv, the Firewall runs in
+// srv behind a host input filter. Mode "forward": cli -> gw -> srv, the
+// Firewall runs on the gateway gw behind a host forward filter. The host
+// filters refuse port 5000 unless the connection carries ftpgate's ct mark.
+func TestOneShotTraffic(t *testing.T) {
+	requireRoot(t)
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		t.Skip("needs the conntrack command")
+	}
+	for _, tc := range []struct {
+		name, mode, src, dst string
+		v6                   bool
+	}{
+		{"input/ipv4", "input", "10.77.1.1", "10.77.1.2:5000", false},
+		{"input/ipv6", "input", "fd77:1::1", "[fd77:1::2]:5000", true},
+		{"forward/ipv4", "forward", "10.77.2.1", "10.77.3.2:5000", false},
+		{"forward/ipv6", "forward", "fd77:2::1", "[fd77:3::2]:5000", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leakCheck(t)
+			var cli, fwNS, srv *testNS
+			if tc.mode == "input" {
+				cli, srv = newNS(t, "cli"), newNS(t, "srv")
+				veth(t, cli, srv, 1)
+				fwNS = srv
+			} else {
+				cli, fwNS, srv = routedLab(t)
+			}
+			fwNS.nft(t, fmt.Sprintf(`table inet hostfw {
+	chain %s {
+		type filter hook %[1]s priority filter; policy accept;
+		ct mark & 0x100 == 0x100 accept
+		tcp dport 5000 reject with tcp reset
+	}
+}`, tc.mode))
+			echoServer(t, srv, tc.dst)
+			rec := newEnded()
+			fw := newFirewall(t, fwNS, Config{OnPinholeEnd: rec.hook})
+
+			// Without a pinhole the host filter refuses the connection.
+			if c, err := dial(t, cli, tc.dst); err == nil {
+				c.Close()
+				t.Fatal("connection without a pinhole succeeded; the host filter does not work")
+			}
+
+			f := flow(tc.src, tc.dst)
+			if _, err := fw.Open(context.Background(), f, 30*time.Second); err != nil {
+				t.Fatalf("Open: %v", err)
+			}
+			c, err := dial(t, cli, tc.dst)
+			if err != nil {
+				t.Fatalf("connection through the pinhole failed: %v", err)
+			}
+			defer c.Close()
+			// The whole connection passes (established packets keep the mark).
+			msg := strings.Repeat("ftpgate data ", 1000)
+			go func() { _, _ = c.Write([]byte(msg)) }()
+			buf := make([]byte, len(msg))
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+				t.Fatalf("echo through the pinhole: %v", err)
+			}
+
+			if got := rec.wait(t, 10*time.Second); !got.used || got.f != f {
+				t.Errorf("OnPinholeEnd(%v, %v), want (%v, true)", got.f, got.used, f)
+			}
+			if fw.Active() != 0 {
+				t.Errorf("Active() = %d after use, want 0", fw.Active())
+			}
+			set, ctFamily := "pin4", "ipv4"
+			if tc.v6 {
+				set, ctFamily = "pin6", "ipv6"
+			}
+			if got := setElements(t, fwNS, set); strings.Contains(got, tc.src) {
+				t.Errorf("element not consumed by the connection:\n%s", got)
+			}
+			ct := fwNS.exec(t, "conntrack", "-L", "-f", ctFamily, "-p", "tcp", "--dport", "5000")
+			if !regexp.MustCompile(`(?m)^tcp .*dport=5000 .*mark=256 `).MatchString(ct) {
+				t.Errorf("conntrack entry of the data connection lacks mark 0x100:\n%s", ct)
+			}
+
+			// One shot: a second connection does not get the mark, so the
+			// host filter refuses it.
+			if c2, err := dial(t, cli, tc.dst); err == nil {
+				c2.Close()
+				t.Fatal("a second connection through a used pinhole succeeded")
+			}
+		})
+	}
+}
+
+// routedLab builds cli (10.77.2.1, fd77:2::1) -- gw -- srv (10.77.3.2,
+// fd77:3::2) with forwarding on gw.
+func routedLab(t *testing.T) (cli, gw, srv *testNS) {
+	t.Helper()
+	cli, gw, srv = newNS(t, "rcli"), newNS(t, "rgw"), newNS(t, "rsrv")
+	veth(t, cli, gw, 2) // cli .1, gw .2
+	veth(t, gw, srv, 3) // gw .1, srv .2
+	gw.exec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	run(t, "ip", "-n", cli.name, "route", "add", "default", "via", "10.77.2.2")
+	run(t, "ip", "-n", cli.name, "-6", "route", "add", "default", "via", "fd77:2::2")
+	run(t, "ip", "-n", srv.name, "route", "add", "default", "via", "10.77.3.1")
+	run(t, "ip", "-n", srv.name, "-6", "route", "add", "default", "via", "fd77:3::1")
+	return cli, gw, srv
+}
+
+const helperEnv = "FGNFT_KILL_HELPER"
+
+// TestKillHelper is the child process of TestKilledProcessLeavesNoTable.
+func TestKillHelper(t *testing.T) {
+	if os.Getenv(helperEnv) != "1" {
+		t.Skip("helper process for TestKilledProcessLeavesNoTable")
+	}
+	fw, err := New(Config{Intercept: true}, nil)
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	_ = fw
+	fmt.Println("READY")
+	time.Sleep(time.Minute)
+	os.Exit(2)
+}
+
+// TestKilledProcessLeavesNoTable: SIGKILL closes the owning socket and the
+// kernel drops the table; a restart tolerates the leftover policy routing.
+func TestKilledProcessLeavesNoTable(t *testing.T) {
+	requireRoot(t)
+	ns := newNS(t, "kill")
+	cmd := exec.Command("ip", "netns", "exec", ns.name, os.Args[0], "-test.run=^TestKillHelper$", "-test.count=1", "-test.timeout=90s")
+	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if l := sc.Text(); l == "READY" || strings.HasPrefix(l, "ERROR") {
+				ready <- l
+			}
+		}
+		close(ready)
+	}()
+	select {
+	case l := <-ready:
+		if l != "READY" {
+			t.Fatalf("helper: %s", l)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("helper did not become ready")
+	}
+	if out := ns.exec(t, "nft", "list", "tables"); !strings.Contains(out, "table inet ftpgate") {
+		t.Fatalf("helper's table missing:\n%s", out)
+	}
+	if err := cmd.Process.Kill(); err != nil { // SIGKILL
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		out := ns.exec(t, "nft", "list", "tables")
+		if !strings.Contains(out, "ftpgate") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("table still present after SIGKILL:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The policy routing outlives the process; a new instance takes it over
+	// without duplicating it, and removes it on Close.
+	if rules := run(t, "ip", "-n", ns.name, "rule", "show"); !strings.Contains(rules, "fwmark 0x1 lookup 100") {
+		t.Fatalf("expected the killed helper's ip rule to remain:\n%s", rules)
+	}
+	fw := newFirewall(t, ns, Config{Intercept: true})
+	if rules := run(t, "ip", "-n", ns.name, "rule", "show"); strings.Count(rules, "fwmark 0x1 lookup 100") != 1 {
+		t.Errorf("want exactly one fwmark rule after restart:\n%s", rules)
+	}
+	if err := fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rules := run(t, "ip", "-n", ns.name, "rule", "show"); strings.Contains(rules, "fwmark") {
+		t.Errorf("fwmark rule left after Close:\n%s", rules)
+	}
+}
+
+// TestConcurrentOpenClose churns pinholes from many goroutines.
+func TestConcurrentOpenClose(t *testing.T) {
+	requireRoot(t)
+	leakCheck(t)
+	ns := newNS(t, "conc")
+	rec := newEnded()
+	fw := newFirewall(t, ns, Config{OnPinholeEnd: func(f proxy.Flow, used bool) {
+		rec.mu.Lock()
+		rec.calls = append(rec.calls, endCall{f, used})
+		rec.mu.Unlock()
+	}})
+	const workers, per = 8, 100
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range per {
+				src := netip.AddrFrom4([4]byte{10, 77, byte(w), 1})
+				if i%2 == 1 {
+					src = netip.MustParseAddr(fmt.Sprintf("fd77:%d::1", w))
+				}
+				dst := netip.AddrFrom4([4]byte{10, 77, 100, 2})
+				if src.Is6() {
+					dst = netip.MustParseAddr("fd77:100::2")
+				}
+				f := proxy.Flow{Src: src, Dst: netip.AddrPortFrom(dst, uint16(1024+i))}
+				p, err := fw.Open(context.Background(), f, time.Minute)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if i%4 == 0 {
+					continue // left open
+				}
+				if err := p.Close(); err != nil {
+					errs <- err
+					return
+				}
+				_ = fw.Active()
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	open := fw.Active()
+	if want := workers * per / 4; open != want {
+		t.Errorf("Active() = %d, want %d", open, want)
+	}
+	if got := len(pinElements(t, ns, &fam4)) + len(pinElements(t, ns, &fam6)); got != open {
+		t.Errorf("kernel holds %d elements, Active() = %d", got, open)
+	}
+	if err := fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := rec.count(); n != workers*per {
+		t.Errorf("OnPinholeEnd called %d times, want %d (once per Open)", n, workers*per)
+	}
+}

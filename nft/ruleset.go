@@ -1,0 +1,92 @@
+package nft
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Ruleset returns, in `nft -f` syntax, what New installs for cfg, followed by
+// the policy routing as `ip` commands in comments. New creates the table with
+// the owner flag (bound to ftpgate's netlink socket); the text leaves the flag
+// out so that it can be loaded with `nft -f` for inspection. Best effort: an
+// invalid cfg yields a comment saying why.
+func Ruleset(cfg Config) string {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return "# " + strings.ReplaceAll(err.Error(), "\n", "\n# ") + "\n"
+	}
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
+	ctSet := fmt.Sprintf("ct mark set ct mark & 0x%08x | 0x%08x", ^cfg.CTMask, cfg.CTMark)
+	w("# ftpgate: table created by ftpgate with \"flags owner\" (removed by the kernel when ftpgate exits)")
+	w("table inet %s {", cfg.Table)
+	ports := make([]string, len(cfg.InterceptPorts))
+	for i, p := range cfg.InterceptPorts {
+		ports[i] = strconv.Itoa(int(p))
+	}
+	w("\tset %s {", setInterceptPort)
+	w("\t\ttype inet_service")
+	if cfg.Intercept {
+		w("\t\telements = { %s }", strings.Join(ports, ", "))
+	}
+	w("\t}")
+	for _, fa := range families {
+		w("")
+		w("\t# one-shot pinholes: each element admits one connection, the kernel expires unused ones")
+		w("\tset %s {", fa.pinSet)
+		w("\t\ttype %s", fa.keyType.Name)
+		w("\t\tsize %d", pinSetSize)
+		w("\t\tflags dynamic,timeout")
+		w("\t}")
+	}
+	w("")
+	w("\tchain %s {", chainPrerouting)
+	w("\t\ttype filter hook prerouting priority mangle; policy accept;")
+	if cfg.Intercept {
+		w("\t\t# return traffic of ftpgate's transparent upstream sockets")
+		w("\t\tmeta l4proto tcp socket transparent 1 meta mark set %#x accept", cfg.FWMark)
+		w("\t\t# divert FTP control connections to ftpgate")
+		if cfg.interceptV4() {
+			w("\t\tmeta nfproto ipv4 meta l4proto tcp tcp dport @%s %s meta mark set %#x tproxy ip to %s accept",
+				setInterceptPort, ctSet, cfg.FWMark, cfg.TProxy4)
+		}
+		if cfg.interceptV6() {
+			w("\t\tmeta nfproto ipv6 meta l4proto tcp tcp dport @%s %s meta mark set %#x tproxy ip6 to %s accept",
+				setInterceptPort, ctSet, cfg.FWMark, cfg.TProxy6)
+		}
+	}
+	w("\t\t# data connections through a pinhole: consume the element, mark the connection")
+	for _, fa := range families {
+		ip := "ip"
+		if fa == &fam6 {
+			ip = "ip6"
+		}
+		key := fmt.Sprintf("%[1]s saddr . %[1]s daddr . tcp dport", ip)
+		w("\t\tct state new meta nfproto %s meta l4proto tcp %s @%s delete @%s { %s } %s",
+			fa.name, key, fa.pinSet, fa.pinSet, key, ctSet)
+	}
+	w("\t}")
+	w("}")
+	if cfg.Intercept {
+		w("")
+		w("# policy routing for tproxy (installed with netlink, removed on exit):")
+		if cfg.interceptV4() {
+			w("#   ip -4 rule add fwmark %#x lookup %d", cfg.FWMark, cfg.RouteTable)
+			w("#   ip -4 route replace local 0.0.0.0/0 dev lo table %d", cfg.RouteTable)
+		}
+		if cfg.interceptV6() {
+			w("#   ip -6 rule add fwmark %#x lookup %d", cfg.FWMark, cfg.RouteTable)
+			w("#   ip -6 route replace local ::/0 dev lo table %d", cfg.RouteTable)
+		}
+	}
+	w("")
+	w("# host firewalls with drop rules or policy drop on input/forward need, before their drops:")
+	w("#   %s", acceptLine(cfg))
+	return b.String()
+}
+
+// acceptLine is the rule a host chain needs to let ftpgate's connections pass.
+func acceptLine(cfg Config) string {
+	return fmt.Sprintf("ct mark & %#x == %#x accept", cfg.CTMask, cfg.CTMark)
+}

@@ -1,0 +1,85 @@
+package nft
+
+import (
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func TestRulesetText(t *testing.T) {
+	text := Ruleset(Config{Intercept: true})
+	for _, want := range []string{
+		"table inet ftpgate {",
+		"set intercept_ports {",
+		"elements = { 21 }",
+		"set pin4 {",
+		"type ipv4_addr . ipv4_addr . inet_service",
+		"set pin6 {",
+		"type ipv6_addr . ipv6_addr . inet_service",
+		"flags dynamic,timeout",
+		"type filter hook prerouting priority mangle; policy accept;",
+		"meta l4proto tcp socket transparent 1 meta mark set 0x1 accept",
+		"meta nfproto ipv4 meta l4proto tcp tcp dport @intercept_ports ct mark set ct mark & 0xfffffeff | 0x00000100 meta mark set 0x1 tproxy ip to 127.0.0.1:2121 accept",
+		"meta nfproto ipv6 meta l4proto tcp tcp dport @intercept_ports ct mark set ct mark & 0xfffffeff | 0x00000100 meta mark set 0x1 tproxy ip6 to [::1]:2121 accept",
+		"ct state new meta nfproto ipv4 meta l4proto tcp ip saddr . ip daddr . tcp dport @pin4 delete @pin4 { ip saddr . ip daddr . tcp dport } ct mark set",
+		"ct state new meta nfproto ipv6 meta l4proto tcp ip6 saddr . ip6 daddr . tcp dport @pin6 delete @pin6 { ip6 saddr . ip6 daddr . tcp dport } ct mark set",
+		"ip -4 rule add fwmark 0x1 lookup 100",
+		"ip -6 route replace local ::/0 dev lo table 100",
+		"ct mark & 0x100 == 0x100 accept",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("Ruleset lacks %q:\n%s", want, text)
+		}
+	}
+	plain := Ruleset(Config{})
+	if strings.Contains(plain, "tproxy") || strings.Contains(plain, "socket transparent") || strings.Contains(plain, "ip rule") {
+		t.Errorf("Ruleset without Intercept has interception:\n%s", plain)
+	}
+	if bad := Ruleset(Config{CTMark: 3, CTMask: 1}); !strings.HasPrefix(bad, "# nft: invalid config") {
+		t.Errorf("Ruleset of an invalid config: %q", bad)
+	}
+}
+
+// TestRulesetLoads checks the text with `nft -c -f` in a throwaway namespace.
+func TestRulesetLoads(t *testing.T) {
+	requireRoot(t)
+	ns := newNS(t, "rs")
+	for _, cfg := range []Config{{}, {Intercept: true, InterceptPorts: []uint16{21, 990}, CTMark: 0x4000, CTMask: 0xc000}} {
+		cmd := exec.Command("ip", "netns", "exec", ns.name, "nft", "-c", "-f", "-")
+		text := Ruleset(cfg)
+		cmd.Stdin = strings.NewReader(text)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("nft -c rejects Ruleset(%+v): %v: %s\n%s", cfg, err, out, text)
+		}
+	}
+}
+
+// TestRulesetMatchesNew loads Ruleset(cfg) with nft into one namespace, runs
+// New(cfg) in another, and compares nft's listings of the two tables.
+func TestRulesetMatchesNew(t *testing.T) {
+	requireRoot(t)
+	for _, cfg := range []Config{
+		{},
+		{Intercept: true},
+		{Intercept: true, InterceptPorts: []uint16{990, 21}, CTMark: 0x4000, CTMask: 0xc000, FWMark: 7, RouteTable: 77,
+			TProxy4: netip.MustParseAddrPort("10.1.2.3:3021")},
+	} {
+		viaNft, viaNew := newNS(t, "rsnft"), newNS(t, "rsnew")
+		viaNft.nft(t, Ruleset(cfg))
+		fw := newFirewall(t, viaNew, cfg)
+		want := viaNft.exec(t, "nft", "list", "table", "inet", "ftpgate")
+		got := viaNew.exec(t, "nft", "list", "table", "inet", "ftpgate")
+		// nft names the owning process and may show the owner flag.
+		got = regexp.MustCompile(` # progname \S+`).ReplaceAllString(got, "")
+		got = strings.Replace(got, "\tflags owner\n\n", "", 1)
+		got = strings.Replace(got, "\tflags owner\n", "", 1)
+		if got != want {
+			t.Errorf("config %+v: New installs\n%s\nbut Ruleset loads as\n%s", cfg, got, want)
+		}
+		if err := fw.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
