@@ -37,6 +37,7 @@ type Metrics struct {
 	pinholesOpened  *prometheus.CounterVec
 	pinholesEnded   *prometheus.CounterVec
 	openLatency     prometheus.Histogram
+	tls             *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them, with activePinholes (may be
@@ -85,8 +86,12 @@ func New(reg prometheus.Registerer, activePinholes func() int) *Metrics {
 			Help:    "Time from reading a negotiating line to the kernel's acknowledgement of the pinhole.",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14),
 		}),
+		tls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "tls_sessions_total",
+			Help: "AUTH TLS/SSL requests, by action (refused or passthrough).",
+		}, []string{"action"}),
 	}
-	reg.MustRegister(m.sessions, m.sessionsActive, m.sessionDuration, m.commands, m.replies,
+	reg.MustRegister(m.tls, m.sessions, m.sessionsActive, m.sessionDuration, m.commands, m.replies,
 		m.rewrites, m.refusals, m.pinholesOpened, m.pinholesEnded, m.openLatency)
 	if activePinholes != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -98,6 +103,8 @@ func New(reg prometheus.Registerer, activePinholes func() int) *Metrics {
 	for _, r := range proxy.Reasons {
 		m.refusals.WithLabelValues(string(r))
 	}
+	m.tls.WithLabelValues("refused")
+	m.tls.WithLabelValues("passthrough")
 	for _, fam := range []string{"ipv4", "ipv6"} {
 		for _, dir := range []string{"passive", "active"} {
 			m.pinholesOpened.WithLabelValues(fam, dir)
@@ -152,3 +159,5 @@ func (m *Metrics) PinholeEnded(f proxy.Flow, used bool) {
 	}
 	m.pinholesEnded.WithLabelValues(family(f), f.Dir.String(), result).Inc()
 }
+
+func (m *Metrics) TLS(action string) { m.tls.WithLabelValues(action).Inc() }

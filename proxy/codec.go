@@ -293,3 +293,8 @@ func ParseReplyLine(line string) (code int, more bool, ok bool) {
 }
 
 func isDigit(b byte) bool { return '0' <= b && b <= '9' }
+
+// Raw returns the bytes received but not yet consumed, followed by the rest of
+// the stream, for a session that stops reading lines (TLS passthrough). Call it
+// only at a line boundary.
+func (r *LineReader) Raw() io.Reader { return r.br }

@@ -63,4 +63,7 @@ type Pinhole interface {
 	// Close revokes the opening if it has been neither used nor expired.
 	// It is safe to call more than once and after the opening was used.
 	Close() error
+	// Done is closed when the opening ends: used, expired or closed. Ports
+	// allocated for it can then be reused.
+	Done() <-chan struct{}
 }

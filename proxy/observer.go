@@ -26,6 +26,14 @@ const (
 	ReasonNoPorts       Reason = "ports_exhausted"   // no free port in --passive-ports
 	ReasonServerPorts   Reason = "server_port_range" // 227/229 outside --server-passive-ports
 	ReasonCrossFamily   Reason = "cross_family"      // client and server speak different IP versions
+	ReasonShutdown      Reason = "shutting_down"     // a connection while ftpgate stops
+	ReasonMaxSessions   Reason = "max_sessions"      // --max-sessions reached
+	ReasonMaxPerClient  Reason = "max_sessions_per_client"
+	ReasonIdle          Reason = "idle_timeout"     // no complete command within --idle-timeout
+	ReasonPendingCap    Reason = "pending_openings" // an unused opening revoked for a newer one
+	ReasonDenied        Reason = "denied_command"   // --deny-commands
+	ReasonNotAnonymous  Reason = "not_anonymous"    // --anonymous-only
+	ReasonWrongSide     Reason = "wrong_direction"  // a reply from the client or a command from the server
 )
 
 // Reasons lists every Reason, for pre-initialising metric series.
@@ -33,7 +41,8 @@ var Reasons = []Reason{
 	ReasonBounce, ReasonServerAddress, ReasonLowPort, ReasonSyntax, ReasonByteRange,
 	ReasonFamily, ReasonUnsolicited, ReasonUnpaired, ReasonLineTooLong, ReasonControlChars,
 	ReasonUnsupported, ReasonEPSVAll, ReasonTLS, ReasonFirewall, ReasonUpstream, ReasonLoop,
-	ReasonNoPorts, ReasonServerPorts, ReasonCrossFamily,
+	ReasonNoPorts, ReasonServerPorts, ReasonCrossFamily, ReasonShutdown, ReasonMaxSessions,
+	ReasonMaxPerClient, ReasonIdle, ReasonPendingCap, ReasonDenied, ReasonNotAnonymous, ReasonWrongSide,
 }
 
 // Observer receives the session events that metrics count. The metrics
@@ -46,6 +55,8 @@ type Observer interface {
 	Rewrite(kind string)
 	Refused(r Reason)
 	PinholeOpened(f Flow, latency time.Duration)
+	// TLS counts AUTH TLS/SSL requests by what was done: "refused" or "passthrough".
+	TLS(action string)
 }
 
 type nopObserver struct{}
@@ -57,3 +68,4 @@ func (nopObserver) Reply(int)                         {}
 func (nopObserver) Rewrite(string)                    {}
 func (nopObserver) Refused(Reason)                    {}
 func (nopObserver) PinholeOpened(Flow, time.Duration) {}
+func (nopObserver) TLS(string)                        {}

@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -57,8 +59,39 @@ type Config struct {
 	DialTimeout time.Duration // upstream connect timeout; default 10s
 	MaxLine     int           // line cap in bytes; default MaxLine
 	MaxPending  int           // unused openings kept per session; older ones are revoked; default 8
-	Logger      *slog.Logger
-	Observer    Observer
+	// Limits.
+	MaxSessions          int           // open sessions in all; default 1024
+	MaxSessionsPerClient int           // open sessions per client address; default 32
+	IdleTimeout          time.Duration // a client must complete a line within it while nothing is pending; default 5m
+	// Policy.
+	DenyCommands  []string  // verbs answered with 550 and never forwarded
+	AnonymousOnly bool      // refuse USER other than anonymous/ftp
+	TLS           TLSPolicy // AUTH TLS/SSL: refused (default) or relayed blind
+	Logger        *slog.Logger
+	Observer      Observer
+
+	deny map[string]bool // DenyCommands as a set
+}
+
+// TLSPolicy says what happens to AUTH TLS: encrypted control traffic cannot be
+// inspected, so it either is refused (clients fall back to plain FTP) or
+// passes blind, without pinholes.
+type TLSPolicy int
+
+const (
+	TLSRefuse TLSPolicy = iota
+	TLSPassthrough
+)
+
+// ParseTLSPolicy reads "refuse" or "passthrough".
+func ParseTLSPolicy(s string) (TLSPolicy, error) {
+	switch s {
+	case "refuse", "":
+		return TLSRefuse, nil
+	case "passthrough":
+		return TLSPassthrough, nil
+	}
+	return 0, fmt.Errorf("TLS policy %q: want refuse or passthrough", s)
 }
 
 func (c *Config) setDefaults() {
@@ -77,6 +110,19 @@ func (c *Config) setDefaults() {
 	if c.MaxPending <= 0 {
 		c.MaxPending = 8
 	}
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = 1024
+	}
+	if c.MaxSessionsPerClient <= 0 {
+		c.MaxSessionsPerClient = 32
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 5 * time.Minute
+	}
+	c.deny = map[string]bool{}
+	for _, v := range c.DenyCommands {
+		c.deny[strings.ToUpper(strings.TrimSpace(v))] = true
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -87,7 +133,7 @@ func (c *Config) setDefaults() {
 
 // Server runs one session per accepted control connection.
 type Server struct {
-	cfg  Config
+	cfg  atomic.Pointer[Config] // replaced whole by Reload; sessions keep the one they started with
 	gate Gate
 	pool *portPool
 	// dial connects a session upstream; per Mode, replaceable in tests.
@@ -95,6 +141,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
+	byClient map[netip.Addr]int
 	closed   bool
 	nextID   uint64
 	wg       sync.WaitGroup
@@ -103,12 +150,30 @@ type Server struct {
 // NewServer returns a Server that asks gate for data connections.
 func NewServer(cfg Config, gate Gate) *Server {
 	cfg.setDefaults()
-	s := &Server{cfg: cfg, gate: gate, dial: dialTransparent, sessions: map[*session]struct{}{}}
+	s := &Server{gate: gate, dial: dialTransparent, sessions: map[*session]struct{}{}, byClient: map[netip.Addr]int{}}
+	s.cfg.Store(&cfg)
 	s.pool = newPortPool(cfg.PassivePorts)
 	if cfg.Mode == Reverse {
 		s.dial = dialReverse
 	}
 	return s
+}
+
+func (s *Server) config() *Config { return s.cfg.Load() }
+
+// Reload replaces the settings for sessions that start from now on. What
+// listeners, the mode and the port pool depend on needs a restart.
+func (s *Server) Reload(cfg Config) error {
+	old := s.config()
+	if cfg.Mode != old.Mode || cfg.Upstream != old.Upstream {
+		return errors.New("changing --mode or --upstream needs a restart")
+	}
+	cfg.setDefaults()
+	if cfg.PassivePorts != old.PassivePorts {
+		return errors.New("changing --passive-ports needs a restart")
+	}
+	s.cfg.Store(&cfg)
+	return nil
 }
 
 // Serve accepts control connections on ln until ln is closed.
@@ -121,13 +186,12 @@ func (s *Server) Serve(ln net.Listener) error {
 				return nil
 			}
 			// Out of descriptors and the like: back off instead of spinning.
-			s.cfg.Logger.Warn("accept failed", "listener", ln.Addr(), "err", err)
+			s.config().Logger.Warn("accept failed", "listener", ln.Addr(), "err", err)
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
 		sess := s.newSession(c, self)
 		if sess == nil {
-			c.Close()
 			continue
 		}
 		go func() {
@@ -135,21 +199,43 @@ func (s *Server) Serve(ln net.Listener) error {
 			sess.run()
 			s.mu.Lock()
 			delete(s.sessions, sess)
+			if s.byClient[sess.clientAddr]--; s.byClient[sess.clientAddr] <= 0 {
+				delete(s.byClient, sess.clientAddr)
+			}
 			s.mu.Unlock()
 		}()
 	}
 }
 
+// newSession admits c within the limits, or turns it away with a 421.
 func (s *Server) newSession(c net.Conn, self netip.AddrPort) *session {
+	cfg := s.config()
+	client := addrPortOf(c.RemoteAddr()).Addr()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	var reason Reason
+	switch {
+	case s.closed:
+		reason = ReasonShutdown
+	case len(s.sessions) >= cfg.MaxSessions:
+		reason = ReasonMaxSessions
+	case s.byClient[client] >= cfg.MaxSessionsPerClient:
+		reason = ReasonMaxPerClient
+	}
+	if reason != "" {
+		s.mu.Unlock()
+		cfg.Observer.Refused(reason)
+		cfg.Logger.Warn("refused: session limit", "reason", string(reason), "client", client.String())
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write([]byte("421 ftpgate: too many sessions (" + string(reason) + "), try again later\r\n"))
+		c.Close()
 		return nil
 	}
 	s.nextID++
-	sess := newSession(s, s.nextID, c, self)
+	sess := newSession(s, cfg, s.nextID, c, self)
 	s.sessions[sess] = struct{}{}
+	s.byClient[client]++
 	s.wg.Add(1)
+	s.mu.Unlock()
 	return sess
 }
 
@@ -169,6 +255,24 @@ func (s *Server) Close() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
+}
+
+// Shutdown turns new sessions away and lets open ones finish until ctx ends;
+// then it closes them.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.Close()
+	}
 }
 
 // Listen opens a control-connection listener. In transparent mode it has

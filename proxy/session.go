@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
+
+// writeTimeout bounds one write to a peer that does not read.
+const writeTimeout = 30 * time.Second
 
 // pendingCmd is a command waiting for its reply. A command ftpgate answered
 // itself carries that reply in local: it is written when it reaches the head
@@ -41,25 +46,28 @@ type session struct {
 	publicAddr netip.Addr
 	insideAddr netip.Addr
 
-	mu       sync.Mutex // guards everything below and writes to client
-	pending  []pendingCmd
-	epsvAll  bool
-	user     string
-	commands int
-	pinholes []Pinhole // unused-or-used openings, oldest first
-	aborted  bool
+	mu          sync.Mutex // guards everything below and writes to client
+	pending     []pendingCmd
+	epsvAll     bool
+	user        string
+	commands    int
+	pinholes    []Pinhole // unused-or-used openings, oldest first
+	aborted     bool
+	quit        bool      // the client said QUIT: the server closing is expected
+	tlsAccepted bool      // the server accepted AUTH (passthrough): relay blind
+	authDone    chan bool // TLS passthrough: the AUTH reply, true if accepted
 }
 
-func newSession(srv *Server, id uint64, c net.Conn, self netip.AddrPort) *session {
+func newSession(srv *Server, cfg *Config, id uint64, c net.Conn, self netip.AddrPort) *session {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{
-		srv: srv, cfg: &srv.cfg, client: c, self: self, start: time.Now(),
+		srv: srv, cfg: cfg, client: c, self: self, start: time.Now(),
 		ctx: ctx, cancel: cancel,
 		clientAddr: addrPortOf(c.RemoteAddr()).Addr(),
 		// The greeting is the reply to connecting.
 		pending: []pendingCmd{{verb: "connect"}},
 	}
-	s.log = srv.cfg.Logger.With("session", id, "client", s.clientAddr.String())
+	s.log = cfg.Logger.With("session", id, "client", s.clientAddr.String())
 	return s
 }
 
@@ -123,9 +131,17 @@ func (s *session) run() {
 	go func() {
 		defer close(done)
 		s.relayReplies()
+		s.mu.Lock()
+		if !s.quit && !s.aborted && !s.tlsAccepted {
+			s.writeClientLocked("421 ftpgate: the FTP server closed the connection")
+		}
+		s.mu.Unlock()
 		s.client.Close() // the server is gone: so is the client's session
 	}()
 	s.relayCommands()
+	s.mu.Lock()
+	s.quit = true // the client side ended: the server closing is expected
+	s.mu.Unlock()
 	up.Close()
 	<-done
 }
@@ -165,7 +181,9 @@ func (s *session) reply(text string) {
 }
 
 func (s *session) writeClientLocked(line string) {
-	// Errors surface as a read error on the client side and end the session.
+	// Errors surface as a read error on the client side and end the session;
+	// the deadline keeps a client that stops reading from pinning the session.
+	s.client.SetWriteDeadline(time.Now().Add(writeTimeout))
 	s.client.Write(wireLine(line))
 }
 
@@ -174,13 +192,25 @@ func (s *session) forward(verb, line string) {
 	s.mu.Lock()
 	s.pending = append(s.pending, pendingCmd{verb: verb})
 	s.mu.Unlock()
+	s.upstream.SetWriteDeadline(time.Now().Add(writeTimeout))
 	s.upstream.Write(wireLine(line))
 }
 
 func (s *session) relayCommands() {
 	r := NewLineReader(s.client, s.cfg.MaxLine)
 	for {
+		// A client must complete each line within the idle timeout, unless it
+		// waits for a reply (a long transfer keeps the control channel quiet).
+		s.client.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
 		line, err := r.ReadLine()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if s.waiting() {
+				continue
+			}
+			s.refused(ReasonIdle, "client idle", "timeout", s.cfg.IdleTimeout)
+			s.reply("421 ftpgate: idle timeout, closing the control connection")
+			return
+		}
 		if errors.Is(err, ErrLineTooLong) {
 			s.refused(ReasonLineTooLong, "command line too long")
 			s.reply("500 ftpgate: command line too long")
@@ -204,10 +234,30 @@ func (s *session) relayCommands() {
 			s.reply("500 ftpgate: control characters in command refused")
 			continue
 		}
+		if _, _, isReply := ParseReplyLine(line); isReply {
+			s.refused(ReasonWrongSide, "a reply from the client", "line", truncate(line))
+			s.reply("500 ftpgate: replies are not commands")
+			continue
+		}
+		if s.cfg.deny[verb] {
+			s.refused(ReasonDenied, verb+" denied by policy")
+			s.reply("550 ftpgate: " + verb + " is not allowed through this gateway")
+			continue
+		}
 		switch verb {
 		case "USER":
+			if s.cfg.AnonymousOnly && !isAnonymous(arg) {
+				s.refused(ReasonNotAnonymous, "non-anonymous login", "user", arg)
+				s.reply("530 ftpgate: only anonymous logins are allowed through this gateway")
+				continue
+			}
 			s.mu.Lock()
 			s.user = arg
+			s.mu.Unlock()
+			s.forward(verb, line)
+		case "QUIT":
+			s.mu.Lock()
+			s.quit = true
 			s.mu.Unlock()
 			s.forward(verb, line)
 		case "PORT", "EPRT":
@@ -232,14 +282,57 @@ func (s *session) relayCommands() {
 			s.refused(ReasonUnsupported, verb+" is not supported")
 			s.reply("502 ftpgate: " + verb + " not supported, use EPRT or EPSV")
 		case "AUTH":
+			if s.cfg.TLS == TLSPassthrough {
+				if s.authPassthrough(verb, line, r) {
+					return
+				}
+				continue
+			}
 			// Encrypted control traffic cannot be inspected; refusing lets the
 			// client fall back to plain FTP.
+			s.cfg.Observer.TLS("refused")
 			s.refused(ReasonTLS, "AUTH refused", "arg", arg)
 			s.reply("534 ftpgate: TLS on the control channel is not allowed through this gateway")
 		default:
 			s.forward(verb, line)
 		}
 	}
+}
+
+// waiting reports whether a forwarded command still awaits its reply.
+func (s *session) waiting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending) > 0
+}
+
+func isAnonymous(user string) bool {
+	return strings.EqualFold(user, "anonymous") || strings.EqualFold(user, "ftp")
+}
+
+// authPassthrough forwards AUTH and, if the server accepts, relays the rest of
+// the control connection blind (it is encrypted: no inspection, no pinholes).
+// It reports whether the session became a blind relay.
+func (s *session) authPassthrough(verb, line string, r *LineReader) bool {
+	s.mu.Lock()
+	s.authDone = make(chan bool, 1)
+	s.mu.Unlock()
+	s.forward(verb, line)
+	var accepted bool
+	select {
+	case accepted = <-s.authDone:
+	case <-s.ctx.Done():
+		return true
+	}
+	if !accepted {
+		return false
+	}
+	s.cfg.Observer.TLS("passthrough")
+	s.log.Info("AUTH accepted by the server: relaying the encrypted control channel blind, no data connections will be opened")
+	s.client.SetReadDeadline(time.Time{})
+	s.upstream.SetWriteDeadline(time.Time{})
+	io.Copy(s.upstream, r.Raw())
+	return true
 }
 
 func (s *session) epsvAllInEffect() bool {
@@ -351,8 +444,17 @@ func (s *session) learnPublicAddr() {
 	}
 }
 
-// open asks the gate for f and remembers the opening; false on failure.
+// open asks the gate for f and remembers the opening; false on failure. A
+// NAT'ed flow's gateway port (f.Dst) goes back to the pool when the opening ends.
 func (s *session) open(f Flow) bool {
+	ok := s.openPinhole(f)
+	if f.Target.IsValid() && !ok {
+		s.srv.pool.put(f.Dst.Addr(), f.Dst.Port())
+	}
+	return ok
+}
+
+func (s *session) openPinhole(f Flow) bool {
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
 	defer cancel()
 	t0 := time.Now()
@@ -363,10 +465,17 @@ func (s *session) open(f Flow) bool {
 	}
 	s.cfg.Observer.PinholeOpened(f, time.Since(t0))
 	s.log.Debug("pinhole opened", "flow", f.String())
+	if f.Target.IsValid() {
+		go func() {
+			<-p.Done()
+			s.srv.pool.put(f.Dst.Addr(), f.Dst.Port())
+		}()
+	}
 	s.mu.Lock()
 	s.pinholes = append(s.pinholes, p)
 	var old Pinhole
 	if len(s.pinholes) > s.cfg.MaxPending {
+		s.cfg.Observer.Refused(ReasonPendingCap)
 		old = s.pinholes[0]
 		s.pinholes = append(s.pinholes[:0], s.pinholes[1:]...)
 	}
@@ -389,13 +498,19 @@ func parseReason(err error) Reason {
 
 func (s *session) relayReplies() {
 	r := NewLineReader(s.upstream, s.cfg.MaxLine)
+	defer func() {
+		if s.tlsAccepted {
+			s.client.SetWriteDeadline(time.Time{})
+			io.Copy(s.client, r.Raw())
+		}
+	}()
 	multi := 0 // the code of the multi-line reply in progress, 0 if none
 	for {
 		line, err := r.ReadLine()
 		if errors.Is(err, ErrLineTooLong) {
 			s.refused(ReasonLineTooLong, "server reply line too long")
 			if multi == 0 {
-				s.finishReply(0, "451 ftpgate: server reply line too long")
+				s.finishReply(451, "451 ftpgate: server reply line too long")
 			}
 			continue
 		}
@@ -408,7 +523,9 @@ func (s *session) relayReplies() {
 			// else is text, never parsed for addresses.
 			if ok && code == multi && !more {
 				multi = 0
-				s.finishReply(code, line)
+				if s.finishReply(code, line) {
+					return
+				}
 			} else {
 				s.writeClient(line)
 			}
@@ -423,7 +540,9 @@ func (s *session) relayReplies() {
 			s.writeClient(line)
 			continue
 		}
-		s.finishReply(code, line)
+		if s.finishReply(code, line) {
+			return
+		}
 	}
 }
 
@@ -434,24 +553,21 @@ func (s *session) writeClient(line string) {
 }
 
 // finishReply handles the last line of a reply: pairs it with the pending
-// command, acts on 227/229 and passes it on.
-func (s *session) finishReply(code int, line string) {
+// command, acts on 227/229 and passes it on. It returns true when the server
+// accepted AUTH in passthrough mode: the channel is encrypted from then on.
+func (s *session) finishReply(code int, line string) bool {
 	s.cfg.Observer.Reply(code)
 	s.mu.Lock()
+	if len(s.pending) == 0 {
+		// Nothing asked for it: passing it on would desynchronise the client.
+		s.mu.Unlock()
+		s.refused(ReasonUnsolicited, "reply without a pending command", "line", truncate(line))
+		return false
+	}
 	if code >= 100 && code < 200 {
 		s.writeClientLocked(line) // preliminary: the command still awaits its final reply
 		s.mu.Unlock()
-		return
-	}
-	if len(s.pending) == 0 {
-		if code == 227 || code == 229 {
-			s.mu.Unlock()
-			s.refused(ReasonUnsolicited, "passive reply without a pending command", "line", truncate(line))
-			return
-		}
-		s.writeClientLocked(line)
-		s.mu.Unlock()
-		return
+		return false
 	}
 	head := s.pending[0]
 	s.mu.Unlock()
@@ -470,13 +586,21 @@ func (s *session) finishReply(code int, line string) {
 	}
 
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.pending = s.pending[1:]
 	s.writeClientLocked(out)
+	if head.verb == "AUTH" && s.authDone != nil {
+		s.tlsAccepted = code == 234
+		s.authDone <- s.tlsAccepted
+		if s.tlsAccepted {
+			return true
+		}
+	}
 	for len(s.pending) > 0 && s.pending[0].local != "" {
 		s.writeClientLocked(s.pending[0].local)
 		s.pending = s.pending[1:]
 	}
-	s.mu.Unlock()
+	return false
 }
 
 // passiveReply checks a 227/229 answering PASV/EPSV, opens client → server and

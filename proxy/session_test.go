@@ -23,14 +23,23 @@ type fakeGate struct {
 	release chan struct{} // when set, Open waits for it
 }
 
-type fakePinhole struct{ g *fakeGate }
+type fakePinhole struct {
+	g    *fakeGate
+	once sync.Once
+	done chan struct{}
+}
 
-func (p fakePinhole) Close() error {
-	p.g.mu.Lock()
-	p.g.closed++
-	p.g.mu.Unlock()
+func (p *fakePinhole) Close() error {
+	p.once.Do(func() {
+		p.g.mu.Lock()
+		p.g.closed++
+		p.g.mu.Unlock()
+		close(p.done)
+	})
 	return nil
 }
+
+func (p *fakePinhole) Done() <-chan struct{} { return p.done }
 
 func (g *fakeGate) Open(ctx context.Context, f Flow, ttl time.Duration) (Pinhole, error) {
 	if g.release != nil {
@@ -46,7 +55,7 @@ func (g *fakeGate) Open(ctx context.Context, f Flow, ttl time.Duration) (Pinhole
 		return nil, g.fail
 	}
 	g.flows = append(g.flows, f)
-	return fakePinhole{g}, nil
+	return &fakePinhole{g: g, done: make(chan struct{})}, nil
 }
 
 func (g *fakeGate) Flows() []Flow {
@@ -63,6 +72,8 @@ type fakeServer struct {
 	got     []string
 	greet   string
 	respond func(cmd string) string
+	// write, when set, sends each reply instead of one Write (split segments).
+	write func(c net.Conn, reply string)
 }
 
 func (fs *fakeServer) serve() {
@@ -84,7 +95,15 @@ func (fs *fakeServer) serve() {
 				fs.mu.Lock()
 				fs.got = append(fs.got, line)
 				fs.mu.Unlock()
-				c.Write([]byte(fs.respond(line)))
+				reply := fs.respond(line)
+				if reply == "CLOSE" {
+					return
+				}
+				if fs.write != nil {
+					fs.write(c, reply)
+				} else {
+					c.Write([]byte(reply))
+				}
 				if line == "QUIT" {
 					return
 				}
@@ -126,6 +145,7 @@ func defaultRespond(cmd string) string {
 
 type harness struct {
 	t      *testing.T
+	srv    *Server
 	gate   *fakeGate
 	server *fakeServer
 	logs   *syncBuffer
@@ -175,6 +195,7 @@ func newHarnessConfig(t *testing.T, cfg Config, greet string, respond func(strin
 	cfg.Logger = slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.PinholeTTL = time.Second
 	srv := NewServer(cfg, h.gate)
+	h.srv = srv
 	srv.dial = func(s *session) (net.Conn, error) { return net.Dial("tcp", sln.Addr().String()) }
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
