@@ -161,6 +161,9 @@ func NewServer(cfg Config, gate Gate) *Server {
 
 func (s *Server) config() *Config { return s.cfg.Load() }
 
+// Config returns a copy of the settings new sessions get.
+func (s *Server) Config() Config { return *s.config() }
+
 // Reload replaces the settings for sessions that start from now on. What
 // listeners, the mode and the port pool depend on needs a restart.
 func (s *Server) Reload(cfg Config) error {

@@ -10,9 +10,8 @@ import (
 // checkCmd prints what the gateway needs and whether it has it; ok is false
 // when something must be fixed before 'ftpgate run' works.
 func checkCmd(args []string, w io.Writer) (ok bool, err error) {
-	var o options
-	fs := newFlagSet("check", &o)
-	if err := fs.Parse(args); err != nil {
+	o, err := parseOptions("check", args)
+	if err != nil {
 		return false, err
 	}
 	cfg, err := o.nftConfig()

@@ -1,28 +1,50 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/ftpgate/ftpgate/proxy"
 )
 
 // options are the settings shared by run and check.
 type options struct {
-	listen         listFlag
-	metricsListen  string
-	logFormat      string
-	logLevel       string
-	interceptPorts listFlag
-	pinholeTTL     time.Duration
-	dialTimeout    time.Duration
-	ctMark         string
-	fwMark         uint
-	routeTable     int
+	mode               string
+	upstream           string
+	publicAddress      string
+	passivePorts       string
+	serverPassivePorts string
+	listen             listFlag
+	metricsListen      string
+	logFormat          string
+	logLevel           string
+	interceptPorts     listFlag
+	pinholeTTL         time.Duration
+	dialTimeout        time.Duration
+	ctMark             string
+	fwMark             uint
+	routeTable         int
+
+	configFile           string
+	dryRun               bool
+	maxSessions          int
+	maxSessionsPerClient int
+	idleTimeout          time.Duration
+	shutdownGrace        time.Duration
+	denyCommands         listFlag
+	anonymousOnly        bool
+	tls                  string
 }
 
 // listFlag is a repeatable flag; the first explicit use replaces the default.
@@ -48,7 +70,12 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	o.listen = listFlag{values: []string{"127.0.0.1:2121", "[::1]:2121"}}
 	o.interceptPorts = listFlag{values: []string{"21"}}
-	fs.Var(&o.listen, "listen", "address the tproxy rules divert control connections to (repeatable; one IPv4 and one IPv6)")
+	fs.StringVar(&o.mode, "mode", "transparent", "transparent (a routed gateway intercepts FTP) or reverse (protect one --upstream server)")
+	fs.StringVar(&o.upstream, "upstream", "", "reverse mode: the FTP server, HOST:PORT (a host name resolves per session)")
+	fs.StringVar(&o.publicAddress, "public-address", "", "address clients reach ftpgate at (reverse; default: the address they connected to) or masqueraded clients appear with (transparent; default: learned from conntrack)")
+	fs.StringVar(&o.passivePorts, "passive-ports", "50000-50999", "gateway ports for NAT'ed data connections: the only range the public side exposes in reverse mode")
+	fs.StringVar(&o.serverPassivePorts, "server-passive-ports", "", "refuse 227/229 replies whose port is outside LO-HI (the range the server is configured with)")
+	fs.Var(&o.listen, "listen", "transparent: where the tproxy rules divert control connections (one IPv4, one IPv6); reverse: the public address to serve, e.g. 203.0.113.5:21 (repeatable)")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:9121", "address serving /metrics, /healthz and /readyz (empty: off)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -58,7 +85,131 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.StringVar(&o.ctMark, "ct-mark", "0x100/0x100", "conntrack mark/mask set on admitted connections (the host firewall accepts it)")
 	fs.UintVar(&o.fwMark, "fwmark", 1, "packet mark that routes intercepted packets to the local listener")
 	fs.IntVar(&o.routeTable, "route-table", 100, "routing table for the fwmark policy route")
+	fs.StringVar(&o.configFile, "config", "", "YAML file of flag settings (keys are flag names); flags and FTPGATE_* variables override it; SIGHUP rereads it")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "print the nftables ruleset that would be installed and exit")
+	fs.IntVar(&o.maxSessions, "max-sessions", 1024, "control sessions open at once; more get 421")
+	fs.IntVar(&o.maxSessionsPerClient, "max-sessions-per-client", 32, "control sessions open at once per client address")
+	fs.DurationVar(&o.idleTimeout, "idle-timeout", 5*time.Minute, "close a control connection whose client sends no complete command for this long (unless a reply is awaited)")
+	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long open sessions may finish before they are closed")
+	fs.Var(&o.denyCommands, "deny-commands", "FTP verbs refused with 550, e.g. STOR,DELE,RNFR,RNTO,MKD,RMD,APPE,STOU for a read-only gateway (repeatable)")
+	fs.BoolVar(&o.anonymousOnly, "anonymous-only", false, "refuse logins other than anonymous/ftp")
+	fs.StringVar(&o.tls, "tls", "refuse", "AUTH TLS: refuse (clients fall back to plain FTP) or passthrough (relay the encrypted channel blind; no data pinholes)")
 	return fs
+}
+
+// parseOptions reads settings in order of precedence: flags, then FTPGATE_*
+// environment variables, then the --config file, then defaults.
+func parseOptions(name string, args []string) (*options, error) {
+	o := &options{}
+	fs := newFlagSet(name, o)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q; flags start with --", fs.Arg(0))
+	}
+	explicit := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	var errs []string
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "FTPGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok && !explicit[f.Name] {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Sprintf("%s=%q: %v", env, v, err))
+			}
+			explicit[f.Name] = true
+		}
+	})
+	if len(errs) > 0 {
+		return nil, errors.New(strings.Join(errs, "; "))
+	}
+	if o.configFile != "" {
+		if err := applyConfigFile(fs, o.configFile, explicit); err != nil {
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+// applyConfigFile sets every flag the file names that was not set otherwise.
+func applyConfigFile(fs *flag.FlagSet, path string, explicit map[string]bool) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("--config %s: %w", path, err)
+	}
+	for key, val := range doc {
+		f := fs.Lookup(key)
+		if f == nil || key == "config" {
+			return fmt.Errorf("--config %s: unknown setting %q (keys are flag names, e.g. pinhole-timeout)", path, key)
+		}
+		if explicit[key] {
+			continue
+		}
+		values := []any{val}
+		if list, ok := val.([]any); ok {
+			values = list
+		}
+		for _, v := range values {
+			if err := fs.Set(key, fmt.Sprint(v)); err != nil {
+				return fmt.Errorf("--config %s: %s: %v", path, key, err)
+			}
+		}
+	}
+	return nil
+}
+
+// proxyConfig reads the protocol-side settings.
+func (o *options) proxyConfig() (proxy.Config, error) {
+	var cfg proxy.Config
+	switch o.mode {
+	case "transparent":
+		cfg.Mode = proxy.Transparent
+	case "reverse":
+		cfg.Mode = proxy.Reverse
+		if o.upstream == "" {
+			return cfg, fmt.Errorf("--mode reverse needs --upstream HOST:PORT, the FTP server to protect")
+		}
+		if _, _, err := net.SplitHostPort(o.upstream); err != nil {
+			return cfg, fmt.Errorf("--upstream %q: want HOST:PORT such as ftp.internal:21", o.upstream)
+		}
+		if !o.listen.set {
+			return cfg, fmt.Errorf("--mode reverse needs --listen PUBLIC-IP:21, the address clients connect to")
+		}
+	default:
+		return cfg, fmt.Errorf("--mode %q: want transparent or reverse", o.mode)
+	}
+	cfg.Upstream = o.upstream
+	if o.publicAddress != "" {
+		a, err := netip.ParseAddr(o.publicAddress)
+		if err != nil {
+			return cfg, fmt.Errorf("--public-address %q: want an IP address", o.publicAddress)
+		}
+		cfg.PublicAddress = a.Unmap()
+	}
+	var err error
+	if cfg.PassivePorts, err = proxy.ParsePortRange(o.passivePorts); err != nil {
+		return cfg, fmt.Errorf("--passive-ports: %w", err)
+	}
+	if o.serverPassivePorts != "" {
+		if cfg.ServerPassivePorts, err = proxy.ParsePortRange(o.serverPassivePorts); err != nil {
+			return cfg, fmt.Errorf("--server-passive-ports: %w", err)
+		}
+	}
+	cfg.PinholeTTL = o.pinholeTTL
+	cfg.DialTimeout = o.dialTimeout
+	cfg.MaxSessions = o.maxSessions
+	cfg.MaxSessionsPerClient = o.maxSessionsPerClient
+	cfg.IdleTimeout = o.idleTimeout
+	cfg.DenyCommands = o.denyCommands.values
+	cfg.AnonymousOnly = o.anonymousOnly
+	if cfg.TLS, err = proxy.ParseTLSPolicy(o.tls); err != nil {
+		return cfg, fmt.Errorf("--tls: %w", err)
+	}
+	return cfg, nil
 }
 
 func (o *options) logger(w io.Writer) (*slog.Logger, error) {

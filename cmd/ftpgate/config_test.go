@@ -2,7 +2,10 @@ package main
 
 import (
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseMark(t *testing.T) {
@@ -59,5 +62,66 @@ func TestListenAndPorts(t *testing.T) {
 	o.interceptPorts = listFlag{values: []string{"0"}}
 	if _, err := o.ports(); err == nil {
 		t.Error("port 0 accepted")
+	}
+}
+
+func TestOptionPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	file := dir + "/ftpgate.yaml"
+	yaml := "pinhole-timeout: 45s\nidle-timeout: 1m\nmax-sessions: 10\ndeny-commands: [STOR, DELE]\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FTPGATE_IDLE_TIMEOUT", "2m")
+	o, err := parseOptions("run", []string{"--config", file, "--max-sessions", "20"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.pinholeTTL != 45*time.Second {
+		t.Errorf("pinhole-timeout = %v, want 45s from the file", o.pinholeTTL)
+	}
+	if o.idleTimeout != 2*time.Minute {
+		t.Errorf("idle-timeout = %v, want 2m from the environment", o.idleTimeout)
+	}
+	if o.maxSessions != 20 {
+		t.Errorf("max-sessions = %d, want 20 from the flag", o.maxSessions)
+	}
+	if got := o.denyCommands.values; len(got) != 2 || got[1] != "DELE" {
+		t.Errorf("deny-commands = %v, want [STOR DELE]", got)
+	}
+	cfg, err := o.proxyConfig()
+	if err != nil || cfg.MaxSessions != 20 || len(cfg.DenyCommands) != 2 {
+		t.Fatalf("proxyConfig = %+v, %v", cfg, err)
+	}
+
+	if err := os.WriteFile(file, []byte("pinhole-timeuot: 1s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseOptions("run", []string{"--config", file}); err == nil || !strings.Contains(err.Error(), "pinhole-timeuot") {
+		t.Errorf("a misspelt key gave %v, want an error naming it", err)
+	}
+	t.Setenv("FTPGATE_TLS", "maybe")
+	o, err = parseOptions("run", nil)
+	if err == nil {
+		_, err = o.proxyConfig()
+	}
+	if err == nil {
+		t.Error("FTPGATE_TLS=maybe accepted")
+	}
+}
+
+func TestReverseNeedsUpstreamAndListen(t *testing.T) {
+	for _, args := range [][]string{
+		{"--mode", "reverse", "--listen", "10.77.0.1:21"},
+		{"--mode", "reverse", "--upstream", "ftp:21"},
+		{"--mode", "sideways"},
+	} {
+		o, err := parseOptions("run", args)
+		if err == nil {
+			_, err = o.proxyConfig()
+		}
+		if err == nil {
+			t.Errorf("%v accepted", args)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -34,7 +35,7 @@ func (o *options) nftConfig() (nft.Config, error) {
 		return nft.Config{}, err
 	}
 	return nft.Config{
-		Intercept:      true,
+		Intercept:      o.mode != "reverse",
 		InterceptPorts: ports,
 		TProxy4:        v4,
 		TProxy6:        v6,
@@ -46,18 +47,25 @@ func (o *options) nftConfig() (nft.Config, error) {
 }
 
 func runCmd(args []string) error {
-	var o options
-	fs := newFlagSet("run", &o)
-	if err := fs.Parse(args); err != nil {
+	o, err := parseOptions("run", args)
+	if err != nil {
 		return err
 	}
 	log, err := o.logger(os.Stderr)
 	if err != nil {
 		return err
 	}
+	pcfg, err := o.proxyConfig()
+	if err != nil {
+		return err
+	}
 	ncfg, err := o.nftConfig()
 	if err != nil {
 		return err
+	}
+	if o.dryRun {
+		fmt.Print(nft.Ruleset(ncfg))
+		return nil
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -81,7 +89,7 @@ func runCmd(args []string) error {
 		}
 	}()
 	for _, addr := range o.listen.values {
-		ln, err := proxy.Listen(ctx, addr, proxy.Transparent)
+		ln, err := proxy.Listen(ctx, addr, pcfg.Mode)
 		if err != nil {
 			return err
 		}
@@ -98,13 +106,8 @@ func runCmd(args []string) error {
 		}
 	}()
 
-	srv := proxy.NewServer(proxy.Config{
-		Mode:        proxy.Transparent,
-		PinholeTTL:  o.pinholeTTL,
-		DialTimeout: o.dialTimeout,
-		Logger:      log,
-		Observer:    m,
-	}, fw)
+	pcfg.Logger, pcfg.Observer = log, m
+	srv := proxy.NewServer(pcfg, fw)
 
 	var ready atomic.Bool
 	var httpSrv *http.Server
@@ -128,21 +131,52 @@ func runCmd(args []string) error {
 		}()
 	}
 	ready.Store(true)
-	log.Info("ftpgate running", "version", version, "listen", o.listen.String(),
+	log.Info("ftpgate running", "version", version, "mode", o.mode, "listen", o.listen.String(), "upstream", o.upstream,
 		"intercept_ports", o.interceptPorts.String(), "metrics", o.metricsListen, "ct_mark", o.ctMark)
 
-	<-ctx.Done()
-	log.Info("shutting down")
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for waiting := true; waiting; {
+		select {
+		case <-ctx.Done():
+			waiting = false
+		case <-hup:
+			reload(args, srv, log)
+		}
+	}
+	log.Info("shutting down: no new sessions; open ones may finish", "grace", o.shutdownGrace)
 	ready.Store(false)
 	for _, ln := range lns {
 		ln.Close()
 	}
 	wg.Wait()
-	srv.Close()
+	gctx, cancel := context.WithTimeout(context.Background(), o.shutdownGrace)
+	srv.Shutdown(gctx)
+	cancel()
 	if httpSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		httpSrv.Shutdown(sctx)
 		cancel()
 	}
 	return nil
+}
+
+// reload rereads flags, environment and the config file and applies what can
+// change while running (limits, policy, timeouts) to new sessions.
+func reload(args []string, srv *proxy.Server, log *slog.Logger) {
+	o, err := parseOptions("run", args)
+	if err == nil {
+		var cfg proxy.Config
+		if cfg, err = o.proxyConfig(); err == nil {
+			old := srv.Config()
+			cfg.Logger, cfg.Observer, cfg.SourceNAT = old.Logger, old.Observer, old.SourceNAT
+			err = srv.Reload(cfg)
+		}
+	}
+	if err != nil {
+		log.Error("reload failed; keeping the running configuration", "err", err)
+		return
+	}
+	log.Info("configuration reloaded; new sessions use it")
 }
