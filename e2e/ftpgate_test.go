@@ -208,8 +208,9 @@ func dialControl(t *testing.T, l *Lab, server netip.Addr) *control {
 	t.Cleanup(func() { c.Close() })
 	ctl := &control{t: t, c: c, r: bufio.NewReader(c)}
 	ctl.expect("220")
-	ctl.cmd("USER anonymous", "331")
-	ctl.cmd("PASS x@", "230")
+	if reply := ctl.cmd("USER anonymous", ""); strings.HasPrefix(reply, "331") {
+		ctl.cmd("PASS x@", "230")
+	}
 	return ctl
 }
 
@@ -217,13 +218,18 @@ func dialControl(t *testing.T, l *Lab, server netip.Addr) *control {
 func (c *control) expect(code string) string {
 	c.t.Helper()
 	c.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	multi := "" // "ddd " ends the multi-line reply in progress
 	for {
 		line, err := c.r.ReadString('\n')
 		if err != nil {
 			c.t.Fatalf("reading reply (want %s): %v", code, err)
 		}
 		line = strings.TrimRight(line, "\r\n")
-		if len(line) >= 4 && line[3] == '-' {
+		if multi == "" && len(line) >= 4 && line[3] == '-' {
+			multi = line[:3] + " "
+			continue
+		}
+		if multi != "" && !strings.HasPrefix(line, multi) {
 			continue
 		}
 		if !strings.HasPrefix(line, code) {
@@ -330,7 +336,6 @@ func TestTransparentPinholeLifecycle(t *testing.T) {
 	if !waitFor(3*time.Second, func() bool { return l.Elements(t, "pin4") == "" }) {
 		t.Fatalf("pinhole still there after use: {%s}", l.Elements(t, "pin4"))
 	}
-	c.expect("425") // vsftpd: we closed the data connection without a command
 
 	// Expired: vsftpd still listens on the port, but after the timeout the
 	// firewall drops the connection.
