@@ -1,0 +1,159 @@
+package e2e
+
+// Faults: an unreachable or silent upstream, draining on SIGTERM, reloading
+// on SIGHUP, and a restart under load.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestUpstreamUnreachable(t *testing.T) {
+	requireLabEnv(t)
+	requireFtpgate(t)
+	t.Parallel()
+	l := NewLab(t)
+	l.HostFirewall(t, true)
+	g := l.StartFtpgate(t, "--upstream-connect-timeout", "1s")
+
+	// Nothing listens on the server: the connection is refused.
+	c := rawControl(t, l, l.ServerIP4, "421")
+	t.Logf("refused upstream: %q", "421")
+	c.c.Close()
+
+	// The server drops SYNs: the connect times out.
+	l.Server.Run(t, "nft", "add table inet blackhole; add chain inet blackhole in { type filter hook input priority 0; tcp dport 21 drop; }")
+	start := time.Now()
+	c = rawControl(t, l, l.ServerIP6, "421")
+	if d := time.Since(start); d > 8*time.Second {
+		t.Errorf("421 after %v, want about the 1s connect timeout", d)
+	}
+	if v := g.Metric(t, `ftpgate_refusals_total{reason="upstream_error"}`); v != 2 {
+		t.Errorf("upstream errors counted %v, want 2", v)
+	}
+}
+
+func TestDrainOnSIGTERMAndReloadOnSIGHUP(t *testing.T) {
+	requireLabEnv(t)
+	requireFtpgate(t)
+	t.Parallel()
+	l := NewLab(t)
+	l.HostFirewall(t, true)
+	l.StartVsftpd(t)
+	conf := filepath.Join(l.Dir, "ftpgate.yaml")
+	if err := os.WriteFile(conf, []byte("pinhole-timeout: 20s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g := l.StartFtpgate(t, "--config", conf, "--shutdown-grace", "3s")
+
+	old := dialControl(t, l, l.ServerIP4)
+
+	// Reload: new sessions are read-only, the running one keeps its policy.
+	if err := os.WriteFile(conf, []byte("pinhole-timeout: 20s\ndeny-commands: [STOR, DELE]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g.Signal(syscall.SIGHUP)
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(g.LogText(), "configuration reloaded") }) {
+		t.Fatalf("no reload logged:\n%s", g.LogText())
+	}
+	fresh := dialControl(t, l, l.ServerIP4)
+	fresh.cmd("DELE x", "550")
+	if reply := old.cmd("DELE x", ""); strings.HasPrefix(reply, "550 ftpgate") {
+		t.Errorf("the running session lost its policy on reload: %q", reply)
+	}
+
+	// A broken config is refused and the running one kept.
+	os.WriteFile(conf, []byte("pinhole-timeout: soon\n"), 0o644)
+	g.Signal(syscall.SIGHUP)
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(g.LogText(), "reload failed") }) {
+		t.Errorf("a broken config was not reported:\n%s", g.LogText())
+	}
+
+	// Drain: SIGTERM closes the door, open sessions go on for the grace.
+	g.Signal(syscall.SIGTERM)
+	time.Sleep(300 * time.Millisecond)
+	old.cmd("NOOP", "200")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if c, err := l.Client.DialContext(ctx, "tcp", l.ServerIP4.String()+":21"); err == nil {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if strings.HasPrefix(line, "220") {
+			t.Errorf("a new session was served while draining: %q", line)
+		}
+	}
+	select {
+	case <-g.Exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ftpgate did not exit after the grace period")
+	}
+	old.c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := old.r.ReadString('\n'); err == nil {
+		t.Error("session still open after ftpgate exited")
+	}
+	if l.hasFtpgateTable(t) {
+		t.Error("table left after the drain")
+	}
+}
+
+func TestRestartUnderLoad(t *testing.T) {
+	requireLabEnv(t)
+	requireFtpgate(t)
+	t.Parallel()
+	l, srv, g := newGatewayLab(t, "--shutdown-grace", "1s")
+	want := srv.Files[SmallFile]
+	var ok, bad atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				got, err := miniFTP(ctx, l.Client, l.ClientIP4, l.ServerIP4, SmallFile, Modes[(w+i)%len(Modes)])
+				cancel()
+				if err == nil && bytes.Equal(got, want) {
+					ok.Add(1)
+				} else {
+					bad.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	if err := g.Stop(5 * time.Second); err != nil {
+		t.Logf("stop: %v", err)
+	}
+	g = l.StartFtpgate(t, "--shutdown-grace", "1s")
+	// Served at once: the first session after the restart works.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	got, err := miniFTP(ctx, l.Client, l.ClientIP4, l.ServerIP4, SmallFile, ModePASV)
+	cancel()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("first session after the restart: %v\n%s", err, g.LogText())
+	}
+	before := ok.Load()
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	if ok.Load() <= before {
+		t.Errorf("no successful transfers after the restart (ok %d, failed %d)", ok.Load(), bad.Load())
+	}
+	t.Logf("transfers: %d ok, %d failed around the restart", ok.Load(), bad.Load())
+}
