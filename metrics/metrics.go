@@ -38,25 +38,55 @@ type Metrics struct {
 	pinholesEnded   *prometheus.CounterVec
 	openLatency     prometheus.Histogram
 	tls             *prometheus.CounterVec
+	upstreamFailed  prometheus.Counter
+	nftErrors       *prometheus.CounterVec
+	dataConns       *prometheus.CounterVec
+	dataBytes       *prometheus.CounterVec
 }
 
-// New creates the collectors and registers them, with activePinholes (may be
-// nil) as the source of the open-pinholes gauge.
-func New(reg prometheus.Registerer, activePinholes func() int) *Metrics {
+// Options describe the daemon the metrics belong to.
+type Options struct {
+	Mode           string     // "transparent" or "reverse": the mode label of session metrics
+	Version        string     // for ftpgate_build_info
+	ActivePinholes func() int // source of the open-pinholes gauge; may be nil
+}
+
+// New creates the collectors and registers them.
+func New(reg prometheus.Registerer, o Options) *Metrics {
+	if o.Mode == "" {
+		o.Mode = "transparent"
+	}
+	mode := prometheus.Labels{"mode": o.Mode}
 	m := &Metrics{
 		sessions: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "sessions_total",
-			Help: "FTP control sessions accepted.",
+			Help: "FTP control sessions accepted.", ConstLabels: mode,
 		}),
 		sessionsActive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "sessions_active",
-			Help: "FTP control sessions currently open.",
+			Help: "FTP control sessions currently open.", ConstLabels: mode,
 		}),
 		sessionDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "session_duration_seconds",
 			Help:    "Duration of FTP control sessions.",
-			Buckets: prometheus.ExponentialBuckets(0.01, 4, 10),
+			Buckets: prometheus.ExponentialBuckets(0.01, 4, 10), ConstLabels: mode,
 		}),
+		upstreamFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "upstream_connect_failures_total",
+			Help: "Connections to FTP servers that failed or timed out.",
+		}),
+		nftErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "nftables_errors_total",
+			Help: "Failed nftables/netlink operations, by operation.",
+		}, []string{"operation"}),
+		dataConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "data_connections_total",
+			Help: "Finished data connections admitted by ftpgate, by the direction of the transfer (from conntrack).",
+		}, []string{"direction"}),
+		dataBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "data_bytes_total",
+			Help: "Bytes carried by admitted data connections, by direction (kernel conntrack accounting; data never passes through ftpgate).",
+		}, []string{"direction"}),
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "commands_total",
 			Help: "FTP commands read from clients, by verb (unknown verbs as other).",
@@ -91,13 +121,22 @@ func New(reg prometheus.Registerer, activePinholes func() int) *Metrics {
 			Help: "AUTH TLS/SSL requests, by action (refused or passthrough).",
 		}, []string{"action"}),
 	}
-	reg.MustRegister(m.tls, m.sessions, m.sessionsActive, m.sessionDuration, m.commands, m.replies,
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help: "ftpgate's version; always 1.", ConstLabels: prometheus.Labels{"version": o.Version, "mode": o.Mode},
+	})
+	buildInfo.Set(1)
+	reg.MustRegister(buildInfo, m.upstreamFailed, m.nftErrors, m.dataConns, m.dataBytes, m.tls, m.sessions, m.sessionsActive, m.sessionDuration, m.commands, m.replies,
 		m.rewrites, m.refusals, m.pinholesOpened, m.pinholesEnded, m.openLatency)
-	if activePinholes != nil {
+	if o.ActivePinholes != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "pinholes_active",
 			Help: "Pinholes currently open in the kernel.",
-		}, func() float64 { return float64(activePinholes()) }))
+		}, func() float64 { return float64(o.ActivePinholes()) }))
+	}
+	for _, dir := range []string{clientToServer, serverToClient} {
+		m.dataConns.WithLabelValues(dir)
+		m.dataBytes.WithLabelValues(dir)
 	}
 	// Pre-create the bounded series so that rates start at zero, not absent.
 	for _, r := range proxy.Reasons {
@@ -143,8 +182,39 @@ func (m *Metrics) Reply(code int) {
 	m.replies.WithLabelValues(strconv.Itoa(code/100) + "xx").Inc()
 }
 
-func (m *Metrics) Rewrite(kind string)    { m.rewrites.WithLabelValues(kind).Inc() }
-func (m *Metrics) Refused(r proxy.Reason) { m.refusals.WithLabelValues(string(r)).Inc() }
+func (m *Metrics) Rewrite(kind string) { m.rewrites.WithLabelValues(kind).Inc() }
+func (m *Metrics) Refused(r proxy.Reason) {
+	m.refusals.WithLabelValues(string(r)).Inc()
+	if r == proxy.ReasonUpstream {
+		m.upstreamFailed.Inc()
+	}
+}
+
+// NFTError counts a failed nftables or netlink operation.
+func (m *Metrics) NFTError(operation string) { m.nftErrors.WithLabelValues(operation).Inc() }
+
+const (
+	clientToServer = "client_to_server"
+	serverToClient = "server_to_client"
+)
+
+// DataConnectionEnded counts a finished data connection of flow f with the
+// kernel's byte counters of its original and reply directions. In a passive
+// flow the client opened it (original = client to server); in an active one
+// the server did.
+func (m *Metrics) DataConnectionEnded(f proxy.Flow, origBytes, replyBytes uint64) {
+	up, down := origBytes, replyBytes
+	if f.Dir == proxy.Active {
+		up, down = replyBytes, origBytes
+	}
+	dir := serverToClient
+	if up > down {
+		dir = clientToServer
+	}
+	m.dataConns.WithLabelValues(dir).Inc()
+	m.dataBytes.WithLabelValues(clientToServer).Add(float64(up))
+	m.dataBytes.WithLabelValues(serverToClient).Add(float64(down))
+}
 
 func (m *Metrics) PinholeOpened(f proxy.Flow, latency time.Duration) {
 	m.pinholesOpened.WithLabelValues(family(f), f.Dir.String()).Inc()

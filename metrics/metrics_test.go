@@ -17,7 +17,7 @@ import (
 
 func TestMetricsLintClean(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := New(reg, func() int { return 3 })
+	m := New(reg, Options{Mode: "reverse", Version: "test", ActivePinholes: func() int { return 3 }})
 	f := proxy.Flow{Src: netip.MustParseAddr("fd77::2"), Dst: netip.MustParseAddrPort("[fd77:1::2]:50000"), Dir: proxy.Passive}
 	m.SessionStarted()
 	m.Command("RETR")
@@ -28,6 +28,11 @@ func TestMetricsLintClean(t *testing.T) {
 	m.PinholeOpened(f, 300*time.Microsecond)
 	m.PinholeEnded(f, true)
 	m.SessionEnded(2 * time.Second)
+	m.NFTError("add element")
+	m.Refused(proxy.ReasonUpstream)
+	m.DataConnectionEnded(f, 100, 5000)
+	active := proxy.Flow{Dir: proxy.Active}
+	m.DataConnectionEnded(active, 7000, 60)
 	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
 		t.Fatal(err)
@@ -41,6 +46,15 @@ func TestMetricsLintClean(t *testing.T) {
 	if got := testutil.ToFloat64(m.pinholesEnded.WithLabelValues("ipv6", "passive", "used")); got != 1 {
 		t.Errorf("used ipv6 passive pinholes = %v, want 1", got)
 	}
+	if got := testutil.ToFloat64(m.dataBytes.WithLabelValues("client_to_server")); got != 160 {
+		t.Errorf("client-to-server bytes = %v, want 100 (passive original) + 60 (active reply)", got)
+	}
+	if got := testutil.ToFloat64(m.dataConns.WithLabelValues("server_to_client")); got != 2 {
+		t.Errorf("server-to-client data connections = %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(m.upstreamFailed); got != 1 {
+		t.Errorf("upstream failures = %v, want 1", got)
+	}
 	if got := testutil.ToFloat64(m.sessionsActive); got != 0 {
 		t.Errorf("active sessions = %v, want 0", got)
 	}
@@ -48,7 +62,7 @@ func TestMetricsLintClean(t *testing.T) {
 
 func TestHandlerEndpoints(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	New(reg, nil)
+	New(reg, Options{})
 	var ready atomic.Bool
 	srv := httptest.NewServer(Handler(reg, ready.Load))
 	defer srv.Close()

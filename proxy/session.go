@@ -24,6 +24,10 @@ const writeTimeout = 30 * time.Second
 type pendingCmd struct {
 	verb  string
 	local string
+	// Transfer commands only: what and since when, and the size a 150 announced.
+	arg   string
+	start time.Time
+	size  int64
 }
 
 // session is one client's control connection and its upstream twin.
@@ -46,16 +50,18 @@ type session struct {
 	publicAddr netip.Addr
 	insideAddr netip.Addr
 
-	mu          sync.Mutex // guards everything below and writes to client
-	pending     []pendingCmd
-	epsvAll     bool
-	user        string
-	commands    int
-	pinholes    []Pinhole // unused-or-used openings, oldest first
-	aborted     bool
-	quit        bool      // the client said QUIT: the server closing is expected
-	tlsAccepted bool      // the server accepted AUTH (passthrough): relay blind
-	authDone    chan bool // TLS passthrough: the AUTH reply, true if accepted
+	mu            sync.Mutex // guards everything below and writes to client
+	pending       []pendingCmd
+	epsvAll       bool
+	user          string
+	commands      int
+	pinholes      []Pinhole // unused-or-used openings, oldest first
+	aborted       bool
+	quit          bool // the client said QUIT: the server closing is expected
+	tlsAccepted   bool // the server accepted AUTH (passthrough): relay blind
+	transfers     []Transfer
+	moreTransfers int       // transfers beyond maxLoggedTransfers
+	authDone      chan bool // TLS passthrough: the AUTH reply, true if accepted
 }
 
 func newSession(srv *Server, cfg *Config, id uint64, c net.Conn, self netip.AddrPort) *session {
@@ -103,8 +109,14 @@ func (s *session) run() {
 		s.mu.Unlock()
 		d := time.Since(s.start)
 		obs.SessionEnded(d)
-		s.log.Info("session end", "server", s.serverAddr.String(), "user", s.user,
-			"commands", s.commands, "duration", d.Round(time.Millisecond), "result", result)
+		s.mu.Lock()
+		args := []any{"server", s.serverAddr.String(), "user", s.user, "commands", s.commands,
+			"duration", d.Round(time.Millisecond), "result", result, "transfers", s.transfers}
+		if s.moreTransfers > 0 {
+			args = append(args, "transfers_not_listed", s.moreTransfers)
+		}
+		s.mu.Unlock()
+		s.log.Info("session end", args...)
 	}()
 
 	up, err := s.srv.dial(s)
@@ -189,8 +201,13 @@ func (s *session) writeClientLocked(line string) {
 
 // forward sends a command upstream and remembers that it awaits a reply.
 func (s *session) forward(verb, line string) {
+	p := pendingCmd{verb: verb}
+	if transferDirection(verb) != "" {
+		_, p.arg = ParseCommand(line)
+		p.start, p.size = time.Now(), -1
+	}
 	s.mu.Lock()
-	s.pending = append(s.pending, pendingCmd{verb: verb})
+	s.pending = append(s.pending, p)
 	s.mu.Unlock()
 	s.upstream.SetWriteDeadline(time.Now().Add(writeTimeout))
 	s.upstream.Write(wireLine(line))
@@ -565,6 +582,9 @@ func (s *session) finishReply(code int, line string) bool {
 		return false
 	}
 	if code >= 100 && code < 200 {
+		if code == 150 && !s.pending[0].start.IsZero() {
+			s.pending[0].size = sizeFrom150(line)
+		}
 		s.writeClientLocked(line) // preliminary: the command still awaits its final reply
 		s.mu.Unlock()
 		return false
@@ -588,6 +608,9 @@ func (s *session) finishReply(code int, line string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pending = s.pending[1:]
+	if !head.start.IsZero() {
+		s.transferDone(head, code)
+	}
 	s.writeClientLocked(out)
 	if head.verb == "AUTH" && s.authDone != nil {
 		s.tlsAccepted = code == 234

@@ -73,12 +73,12 @@ func runCmd(args []string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var fw *nft.Firewall
-	m := metrics.New(reg, func() int {
+	m := metrics.New(reg, metrics.Options{Mode: o.mode, Version: version, ActivePinholes: func() int {
 		if fw == nil {
 			return 0
 		}
 		return fw.Active()
-	})
+	}})
 	ncfg.OnPinholeEnd = m.PinholeEnded
 
 	// Listeners first: a port in use should fail before the ruleset changes.
