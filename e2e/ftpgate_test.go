@@ -407,3 +407,40 @@ func tailString(s string, n int) string {
 	}
 	return s
 }
+
+// The operator's commands: status from the running daemon, check against the
+// live host ruleset, and --dry-run.
+func TestOperatorCommands(t *testing.T) {
+	requireLabEnv(t)
+	requireFtpgate(t)
+	t.Parallel()
+	l, _, _ := newGatewayLab(t)
+	bin := requireFtpgate(t)
+	c := dialControl(t, l, l.ServerIP4)
+	c.cmd("NOOP", "200")
+
+	out := l.Gateway.Run(t, bin, "status")
+	if !strings.Contains(out, "1 sessions") || !strings.Contains(out, l.ClientIP4.String()) || !strings.Contains(out, "anonymous") {
+		t.Errorf("status does not show the session:\n%s", out)
+	}
+
+	// check: the lab's host firewall has the ct-mark line.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if out, err := l.Gateway.Cmd(ctx, bin, "check").CombinedOutput(); err != nil {
+		t.Errorf("check with the ct-mark line: %v\n%s", err, out)
+	}
+	l.HostFirewall(t, false)
+	out2, err := l.Gateway.Cmd(ctx, bin, "check").CombinedOutput()
+	if err == nil || !strings.Contains(string(out2), "ct mark & 0x100 == 0x100 accept") {
+		t.Errorf("check without the line: err %v, want it to print the line to add:\n%s", err, out2)
+	}
+
+	dry := filepath.Join(l.Dir, "dry.nft")
+	ruleset := l.Gateway.Run(t, bin, "run", "--dry-run")
+	if !strings.Contains(ruleset, "table inet ftpgate") || !strings.Contains(ruleset, "tproxy") {
+		t.Fatalf("dry run printed:\n%s", ruleset)
+	}
+	os.WriteFile(dry, []byte(ruleset), 0o600)
+	l.Gateway.Run(t, "nft", "-c", "-f", dry)
+}

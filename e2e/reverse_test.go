@@ -523,17 +523,28 @@ func TestReverseRangeExhaustion(t *testing.T) {
 // vsftpd announces an address that is not its own in 227 (pasv_address):
 // reverse mode never trusts it — the data connection goes to the control
 // connection's peer — and counts the refusal.
+//
+// vsftpd honours pasv_address only with an IPv4 listener (listen=YES): with
+// listen_ipv6=YES (dual stack, the lab's default) it announces 0,0,0,0
+// instead — a real misconfiguration, tested as its own case.
 func TestReverseServerAnnouncesWrongAddress(t *testing.T) {
 	requireLabEnv(t)
 	requireFtpgate(t)
 	t.Parallel()
-	for _, tc := range []struct{ name, addr string }{
-		{"third-party", "192.0.2.7"},
-		{"private-unroutable", "10.77.250.250"},
+	ipv4Only := []string{"listen=YES", "listen_ipv6=NO"}
+	for _, tc := range []struct {
+		name     string
+		announce string   // the address vsftpd puts in its 227
+		conf     []string // appended to vsftpd.conf
+		families []int
+	}{
+		{"third-party", "192.0.2.7", append([]string{"pasv_address=192.0.2.7", "pasv_addr_resolve=NO"}, ipv4Only...), []int{4}},
+		{"private-unroutable", "10.77.250.250", append([]string{"pasv_address=10.77.250.250", "pasv_addr_resolve=NO"}, ipv4Only...), []int{4}},
+		{"unspecified", "0.0.0.0", []string{"pasv_address=192.0.2.7", "pasv_addr_resolve=NO"}, []int{4, 6}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			l, srv, g := newReverseLab(t, []string{"pasv_address=" + tc.addr, "pasv_addr_resolve=NO"})
+			l, srv, g := newReverseLab(t, tc.conf)
 			want := srv.Files[RandomFile]
 
 			// The server really announces it (checked without ftpgate, from the gateway).
@@ -552,13 +563,16 @@ func TestReverseServerAnnouncesWrongAddress(t *testing.T) {
 				}
 				return c.cmd("PASV", "227")
 			}()
-			if !strings.Contains(announced, strings.ReplaceAll(tc.addr, ".", ",")) {
-				t.Fatalf("vsftpd does not announce %s: %s", tc.addr, announced)
+			if !strings.Contains(announced, "("+strings.ReplaceAll(tc.announce, ".", ",")+",") {
+				t.Fatalf("vsftpd does not announce %s: %s", tc.announce, announced)
 			}
+			t.Logf("vsftpd, asked directly: %s", announced)
 
 			var cases []Case
 			for _, c := range Clients {
-				cases = append(cases, Case{c, ModePASV, 4}, Case{c, ModeEPSV, 4}, Case{c, ModeEPSV, 6})
+				for _, f := range tc.families {
+					cases = append(cases, Case{c, ModePASV, f}, Case{c, ModeEPSV, f})
+				}
 			}
 			RunMatrix(t, cases, 6, func(ctx context.Context, c Case) ([]byte, error) {
 				return c.Client.Get(ctx, l.Client, publicIP(l, c.Family), RandomFile, c.Mode)
@@ -571,17 +585,23 @@ func TestReverseServerAnnouncesWrongAddress(t *testing.T) {
 				}
 			})
 
-			// Hand-driven: the 227 passed on names the public address.
+			// Hand-driven: the 227 passed on names the public address, and works.
 			c := dialControl(t, l, l.GwClientIP4)
-			ap := parse227(t, c.cmd("PASV", "227"))
+			before := g.Metric(t, `ftpgate_refusals_total{reason="server_address"}`)
+			reply := c.cmd("PASV", "227")
+			ap := parse227(t, reply)
+			t.Logf("vsftpd through ftpgate: %s", reply)
 			if ap.Addr() != l.GwClientIP4 {
 				t.Errorf("227 names %s, want the public address %s", ap.Addr(), l.GwClientIP4)
 			}
 			if got := retrOver(t, l, c, ap, SmallFile); !bytes.Equal(got, srv.Files[SmallFile]) {
 				t.Errorf("RETR: %q", got)
 			}
-			if v := g.Metric(t, `ftpgate_refusals_total{reason="server_address"}`); v == 0 {
-				t.Errorf("refusals{server_address} = 0 although vsftpd announced %s", tc.addr)
+			if v := g.Metric(t, `ftpgate_refusals_total{reason="server_address"}`); v != before+1 {
+				t.Errorf("refusals{server_address} went from %v to %v for one 227 naming %s, want +1", before, v, tc.announce)
+			}
+			if !strings.Contains(g.LogText(), "addr="+tc.announce) {
+				t.Errorf("ftpgate's log does not name the announced address %s", tc.announce)
 			}
 			expectNoLeftovers(t, l, 10*time.Second)
 		})
@@ -617,5 +637,91 @@ func TestReverseServerPassiveRange(t *testing.T) {
 	c6.cmd("NOOP", "200")
 	for p := uint16(PasvMin); p < PasvMin+3; p++ {
 		expectNoConnect(t, l.Client, netip.Addr{}, netip.AddrPortFrom(l.GwClientIP4, p), "server passive port, never opened")
+	}
+}
+
+// --public-address (IPv4 here, the address IPv4 clients connect to anyway):
+// advertised to IPv4 clients; IPv6 clients, which it cannot describe, keep
+// the address they connected to.
+func TestReversePublicAddress(t *testing.T) {
+	requireLabEnv(t)
+	requireFtpgate(t)
+	t.Parallel()
+	l := NewLab(t)
+	l.Nft(t, "host.nft", ReverseHostRuleset)
+	NetnsHosts(t, l.Gateway, l.ServerIP4.String()+" "+upstreamName, l.ServerIP6.String()+" "+upstreamName)
+	srv := l.StartVsftpd(t)
+	g := l.StartFtpgate(t, reverseArgs(l, "--public-address", l.GwClientIP4.String())...)
+	want := srv.Files[RandomFile]
+
+	var cases []Case
+	for _, c := range AllCases() {
+		if c.Client.Name == "curl" || c.Client.Name == "python" {
+			cases = append(cases, c)
+		}
+	}
+	RunMatrix(t, cases, 6, func(ctx context.Context, c Case) ([]byte, error) {
+		return c.Client.Get(ctx, l.Client, publicIP(l, c.Family), RandomFile, c.Mode)
+	}, func(t *testing.T, c Case, r Result) {
+		if r.Err != nil {
+			t.Fatalf("%v\nftpgate log:\n%s", r.Err, tailString(g.LogText(), 2000))
+		}
+		if !bytes.Equal(r.Data, want) {
+			t.Fatalf("got %d bytes, want %d (content differs)", len(r.Data), len(want))
+		}
+	})
+	c := dialControl(t, l, l.GwClientIP4)
+	if ap := parse227(t, c.cmd("PASV", "227")); ap.Addr() != l.GwClientIP4 {
+		t.Errorf("227 names %s, want --public-address %s", ap.Addr(), l.GwClientIP4)
+	}
+	for _, reason := range []string{"firewall_error", "cross_family"} {
+		if v := g.Metric(t, fmt.Sprintf(`ftpgate_refusals_total{reason="%s"}`, reason)); v != 0 {
+			t.Errorf("refusals{%s} = %v", reason, v)
+		}
+	}
+}
+
+// The upstream name resolves to an IPv4 address only: IPv6 clients still log
+// in, but the kernel cannot NAT a data connection across IP versions, so
+// EPSV/EPRT get a clear refusal counted as cross_family — not a firewall
+// error — and nothing is opened. IPv4 clients are unaffected.
+func TestReverseUpstreamOtherFamily(t *testing.T) {
+	requireLabEnv(t)
+	requireFtpgate(t)
+	t.Parallel()
+	l := NewLab(t)
+	l.Nft(t, "host.nft", ReverseHostRuleset)
+	NetnsHosts(t, l.Gateway, l.ServerIP4.String()+" "+upstreamName)
+	srv := l.StartVsftpd(t)
+	g := l.StartFtpgate(t, reverseArgs(l)...)
+
+	c6 := dialControl(t, l, l.GwClientIP6)
+	epsv := c6.cmd("EPSV", "")
+	eprt := c6.cmd(fmt.Sprintf("EPRT |2|%s|50123|", l.ClientIP6), "")
+	t.Logf("IPv6 client, IPv4 server: EPSV -> %s; EPRT -> %s", epsv, eprt)
+	for _, r := range []string{epsv, eprt} {
+		if !strings.HasPrefix(r, "4") && !strings.HasPrefix(r, "5") {
+			t.Errorf("reply %q, want a refusal", r)
+		}
+	}
+	if v := g.Metric(t, `ftpgate_refusals_total{reason="cross_family"}`); v != 2 {
+		t.Errorf("refusals{cross_family} = %v, want 2", v)
+	}
+	if v := g.Metric(t, `ftpgate_refusals_total{reason="firewall_error"}`); v != 0 {
+		t.Errorf("refusals{firewall_error} = %v, want 0 (nothing is wrong with the firewall)", v)
+	}
+	if e := l.FtpgateElements(t); len(e) != 0 {
+		t.Errorf("opened: %v", e)
+	}
+	c6.cmd("NOOP", "200")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got, err := CurlGet(ctx, l.Client, l.GwClientIP4, SmallFile, ModeEPSV)
+	if err != nil || !bytes.Equal(got, srv.Files[SmallFile]) {
+		t.Errorf("IPv4 client: %q, %v", got, err)
+	}
+	if t.Failed() {
+		t.Logf("ftpgate log:\n%s", tailString(g.LogText(), 2000))
 	}
 }

@@ -64,7 +64,7 @@ func TestHandlerEndpoints(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	New(reg, Options{})
 	var ready atomic.Bool
-	srv := httptest.NewServer(Handler(reg, ready.Load))
+	srv := httptest.NewServer(Handler(reg, ready.Load, func() any { return map[string]int{"sessions": 2} }))
 	defer srv.Close()
 	get := func(path string) (int, string) {
 		resp, err := srv.Client().Get(srv.URL + path)
@@ -84,6 +84,9 @@ func TestHandlerEndpoints(t *testing.T) {
 	ready.Store(true)
 	if code, _ := get("/readyz"); code != 200 {
 		t.Errorf("/readyz when ready = %d, want 200", code)
+	}
+	if code, body := get("/status"); code != 200 || !strings.Contains(body, `"sessions": 2`) {
+		t.Errorf("/status = %d %q", code, body)
 	}
 	code, body := get("/metrics")
 	if code != 200 || !strings.Contains(body, "ftpgate_refusals_total{reason=\"bounce_address\"} 0") {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -247,6 +248,22 @@ func (s *Server) Sessions() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.sessions)
+}
+
+// Snapshot describes the running sessions, oldest first.
+func (s *Server) Snapshot() []SessionInfo {
+	s.mu.Lock()
+	list := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		list = append(list, sess)
+	}
+	s.mu.Unlock()
+	infos := make([]SessionInfo, 0, len(list))
+	for _, sess := range list {
+		infos = append(infos, sess.info())
+	}
+	slices.SortFunc(infos, func(a, b SessionInfo) int { return cmp.Compare(a.ID, b.ID) })
+	return infos
 }
 
 // Close ends every session and waits for them; listeners are the caller's.

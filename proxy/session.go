@@ -32,6 +32,7 @@ type pendingCmd struct {
 
 // session is one client's control connection and its upstream twin.
 type session struct {
+	id     uint64
 	srv    *Server
 	cfg    *Config
 	log    *slog.Logger
@@ -67,7 +68,7 @@ type session struct {
 func newSession(srv *Server, cfg *Config, id uint64, c net.Conn, self netip.AddrPort) *session {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{
-		srv: srv, cfg: cfg, client: c, self: self, start: time.Now(),
+		id: id, srv: srv, cfg: cfg, client: c, self: self, start: time.Now(),
 		ctx: ctx, cancel: cancel,
 		clientAddr: addrPortOf(c.RemoteAddr()).Addr(),
 		// The greeting is the reply to connecting.
@@ -704,4 +705,26 @@ func truncate(s string) string {
 		return s[:120] + "…"
 	}
 	return s
+}
+
+// SessionInfo describes a running session for 'ftpgate status'.
+type SessionInfo struct {
+	ID       uint64    `json:"id"`
+	Client   string    `json:"client"`
+	Server   string    `json:"server"`
+	User     string    `json:"user"`
+	Started  time.Time `json:"started"`
+	Commands int       `json:"commands"`
+	Pending  int       `json:"pending_replies"`
+}
+
+func (s *session) info() SessionInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := SessionInfo{ID: s.id, Client: s.clientAddr.String(), User: s.user, Started: s.start,
+		Commands: s.commands, Pending: len(s.pending)}
+	if s.upstream != nil {
+		i.Server = s.serverAddr.String()
+	}
+	return i
 }

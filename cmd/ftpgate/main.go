@@ -16,6 +16,7 @@ const usage = `ftpgate — FTP-aware firewall/NAT helper for Linux gateways
 Usage:
   ftpgate [run] [flags]   run the gateway (default)
   ftpgate check [flags]   check kernel support, privileges and the host firewall
+  ftpgate status [flags]  show the running daemon's sessions and pinholes
   ftpgate version         print the version
 
 Run 'ftpgate run -h' or 'ftpgate check -h' for flags.
@@ -37,6 +38,8 @@ func main() {
 		if err == nil && !ok {
 			os.Exit(1)
 		}
+	case "status":
+		err = statusCmd(args, os.Stdout)
 	case "version":
 		fmt.Println("ftpgate", version)
 	case "help":

@@ -116,7 +116,10 @@ func runCmd(args []string) error {
 		if err != nil {
 			return fmt.Errorf("--metrics-listen %s: %w", o.metricsListen, err)
 		}
-		httpSrv = &http.Server{Handler: metrics.Handler(reg, ready.Load), ReadHeaderTimeout: 5 * time.Second}
+		status := func() any {
+			return statusReport{Version: version, Mode: o.mode, Sessions: srv.Snapshot(), PinholesActive: fw.Active()}
+		}
+		httpSrv = &http.Server{Handler: metrics.Handler(reg, ready.Load, status), ReadHeaderTimeout: 5 * time.Second}
 		go httpSrv.Serve(mln)
 	}
 

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ftpgate/ftpgate/proxy"
+)
+
+// statusReport is what the running daemon serves on /status.
+type statusReport struct {
+	Version        string              `json:"version"`
+	Mode           string              `json:"mode"`
+	Sessions       []proxy.SessionInfo `json:"sessions"`
+	PinholesActive int                 `json:"pinholes_active"`
+}
+
+// statusCmd asks the running daemon (on --metrics-listen) what it is doing.
+func statusCmd(args []string, w io.Writer) error {
+	o, err := parseOptions("status", args)
+	if err != nil {
+		return err
+	}
+	url := "http://" + o.metricsListen + "/status"
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return fmt.Errorf("cannot reach the running ftpgate at %s: %v — is it running, with the same --metrics-listen?", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	var st statusReport
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return fmt.Errorf("%s: %v", url, err)
+	}
+	fmt.Fprintf(w, "ftpgate %s, %s mode: %d sessions, %d pinholes open\n", st.Version, st.Mode, len(st.Sessions), st.PinholesActive)
+	if len(st.Sessions) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tCLIENT\tSERVER\tUSER\tAGE\tCOMMANDS\tAWAITING")
+	for _, s := range st.Sessions {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\n", s.ID, s.Client, s.Server, s.User,
+			time.Since(s.Started).Round(time.Second), s.Commands, s.Pending)
+	}
+	return tw.Flush()
+}
