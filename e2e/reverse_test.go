@@ -470,8 +470,8 @@ func TestReverseRangeExhaustion(t *testing.T) {
 	requireLabEnv(t)
 	requireFtpgate(t)
 	t.Parallel()
+	// This --passive-ports replaces reverseArgs' range: the last one wins.
 	l, srv, g := newReverseLab(t, nil, "--passive-ports", "50000-50001", "--pinhole-timeout", "2s")
-	// Replace the default range of reverseArgs: the last --passive-ports wins.
 	c := dialControl(t, l, l.GwClientIP4)
 	seen := map[uint16]bool{}
 	for i := 0; i < 2; i++ {

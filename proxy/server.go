@@ -41,11 +41,12 @@ func (m Mode) String() string {
 type Config struct {
 	Mode     Mode
 	Upstream string // reverse: the server, host:port (a name resolves per session)
-	// PublicAddress is the address clients reach: advertised in rewritten
-	// replies (reverse; default: the address the client connected to) and, in
-	// transparent mode, the address masqueraded clients appear with (default:
-	// learned from conntrack through SourceNAT).
-	PublicAddress netip.Addr
+	// PublicAddresses (at most one per IP version) are the addresses clients
+	// reach: advertised in rewritten replies (reverse; default: the address
+	// the client connected to) and, in transparent mode, the address clients
+	// appear with behind the gateway's NAT (default: learned from conntrack
+	// through SourceNAT).
+	PublicAddresses []netip.Addr
 	// PassivePorts is the range ports are allocated from for NAT'ed data
 	// connections (reverse mode, masqueraded clients). Default 50000-50999.
 	PassivePorts PortRange
@@ -83,6 +84,16 @@ const (
 	TLSRefuse TLSPolicy = iota
 	TLSPassthrough
 )
+
+// publicAddress returns the configured public address of like's IP version.
+func (c *Config) publicAddress(like netip.Addr) (netip.Addr, bool) {
+	for _, a := range c.PublicAddresses {
+		if a.Is4() == like.Is4() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
 
 // ParseTLSPolicy reads "refuse" or "passthrough".
 func ParseTLSPolicy(s string) (TLSPolicy, error) {

@@ -439,10 +439,16 @@ func (s *session) allocPort(addr netip.Addr) (uint16, bool) {
 // learnPublicAddr decides whether data connections need NAT in this session.
 func (s *session) learnPublicAddr() {
 	if s.cfg.Mode == Reverse {
-		s.publicAddr = s.cfg.PublicAddress
-		if !s.publicAddr.IsValid() {
-			s.publicAddr = addrPortOf(s.client.LocalAddr()).Addr()
+		local := addrPortOf(s.client.LocalAddr()).Addr()
+		s.publicAddr = local
+		if a, ok := s.cfg.publicAddress(local); ok {
+			s.publicAddr = a
 		}
+		return
+	}
+	if a, ok := s.cfg.publicAddress(s.serverAddr); ok {
+		s.publicAddr = a
+		s.log.Debug("clients appear as the public address", "public", a.String())
 		return
 	}
 	if s.cfg.SourceNAT == nil {
@@ -455,10 +461,7 @@ func (s *session) learnPublicAddr() {
 	}
 	if seen != s.insideAddr {
 		s.publicAddr = seen
-		if s.cfg.PublicAddress.IsValid() {
-			s.publicAddr = s.cfg.PublicAddress
-		}
-		s.log.Debug("client is masqueraded", "public", s.publicAddr.String())
+		s.log.Debug("client is masqueraded", "public", seen.String())
 	}
 }
 
@@ -670,6 +673,11 @@ func (s *session) passiveReply(code int, line string) string {
 		if code == 227 && !s.publicAddr.Is4() {
 			s.refused(ReasonCrossFamily, "PASV cannot name an IPv6 address")
 			return "425 ftpgate: PASV cannot carry an IPv6 address; use EPSV"
+		}
+		if s.publicAddr.Is4() != ap.Addr().Is4() {
+			// The kernel cannot NAT a connection from one IP version to the other.
+			s.refused(ReasonCrossFamily, "data connection across IP versions", "public", s.publicAddr.String(), "server", ap.Addr().String())
+			return "425 ftpgate: the server is reachable only over the other IP version; data connections cannot cross it"
 		}
 		port, err := s.srv.pool.get(s.publicAddr)
 		if err != nil {

@@ -22,7 +22,7 @@ import (
 type options struct {
 	mode               string
 	upstream           string
-	publicAddress      string
+	publicAddress      listFlag
 	passivePorts       string
 	serverPassivePorts string
 	listen             listFlag
@@ -72,7 +72,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	o.interceptPorts = listFlag{values: []string{"21"}}
 	fs.StringVar(&o.mode, "mode", "transparent", "transparent (a routed gateway intercepts FTP) or reverse (protect one --upstream server)")
 	fs.StringVar(&o.upstream, "upstream", "", "reverse mode: the FTP server, HOST:PORT (a host name resolves per session)")
-	fs.StringVar(&o.publicAddress, "public-address", "", "address clients reach ftpgate at (reverse; default: the address they connected to) or masqueraded clients appear with (transparent; default: learned from conntrack)")
+	fs.Var(&o.publicAddress, "public-address", "address clients reach ftpgate at (reverse; default: the address they connected to) or clients appear with behind the gateway's NAT (transparent; default: learned from conntrack); one IPv4 and one IPv6 (repeatable)")
 	fs.StringVar(&o.passivePorts, "passive-ports", "50000-50999", "gateway ports for NAT'ed data connections: the only range the public side exposes in reverse mode")
 	fs.StringVar(&o.serverPassivePorts, "server-passive-ports", "", "refuse 227/229 replies whose port is outside LO-HI (the range the server is configured with)")
 	fs.Var(&o.listen, "listen", "transparent: where the tproxy rules divert control connections (one IPv4, one IPv6); reverse: the public address to serve, e.g. 203.0.113.5:21 (repeatable)")
@@ -183,12 +183,17 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 		return cfg, fmt.Errorf("--mode %q: want transparent or reverse", o.mode)
 	}
 	cfg.Upstream = o.upstream
-	if o.publicAddress != "" {
-		a, err := netip.ParseAddr(o.publicAddress)
+	for _, v := range o.publicAddress.values {
+		a, err := netip.ParseAddr(v)
 		if err != nil {
-			return cfg, fmt.Errorf("--public-address %q: want an IP address", o.publicAddress)
+			return cfg, fmt.Errorf("--public-address %q: want an IP address", v)
 		}
-		cfg.PublicAddress = a.Unmap()
+		for _, b := range cfg.PublicAddresses {
+			if b.Is4() == a.Unmap().Is4() {
+				return cfg, fmt.Errorf("--public-address %s and %s: give at most one IPv4 and one IPv6 address", b, a)
+			}
+		}
+		cfg.PublicAddresses = append(cfg.PublicAddresses, a.Unmap())
 	}
 	var err error
 	if cfg.PassivePorts, err = proxy.ParsePortRange(o.passivePorts); err != nil {

@@ -106,7 +106,7 @@ func runCmd(args []string) error {
 		}
 	}()
 
-	pcfg.Logger, pcfg.Observer = log, m
+	pcfg.Logger, pcfg.Observer, pcfg.SourceNAT = log, m, fw.SourceAddress
 	srv := proxy.NewServer(pcfg, fw)
 
 	var ready atomic.Bool
