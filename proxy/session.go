@@ -58,8 +58,9 @@ type session struct {
 	commands      int
 	pinholes      []Pinhole // unused-or-used openings, oldest first
 	aborted       bool
-	quit          bool // the client said QUIT: the server closing is expected
-	tlsAccepted   bool // the server accepted AUTH (passthrough): relay blind
+	quit          bool   // the client said QUIT: the server closing is expected
+	endReason     string // why the session ended, when not a plain QUIT
+	tlsAccepted   bool   // the server accepted AUTH (passthrough): relay blind
 	transfers     []Transfer
 	moreTransfers int       // transfers beyond maxLoggedTransfers
 	authDone      chan bool // TLS passthrough: the AUTH reply, true if accepted
@@ -111,6 +112,11 @@ func (s *session) run() {
 		d := time.Since(s.start)
 		obs.SessionEnded(d)
 		s.mu.Lock()
+		if s.endReason != "" {
+			result = s.endReason
+		} else if s.aborted {
+			result = "shutdown"
+		}
 		args := []any{"server", s.serverAddr.String(), "user", s.user, "commands", s.commands,
 			"duration", d.Round(time.Millisecond), "result", result, "transfers", s.transfers}
 		if s.moreTransfers > 0 {
@@ -123,7 +129,9 @@ func (s *session) run() {
 	up, err := s.srv.dial(s)
 	if err != nil {
 		result = "upstream_error"
-		s.client.Write([]byte("421 ftpgate: " + err.Error() + "\r\n"))
+		s.mu.Lock()
+		s.writeClientLocked("421 ftpgate: " + err.Error())
+		s.mu.Unlock()
 		return
 	}
 	s.mu.Lock()
@@ -146,6 +154,7 @@ func (s *session) run() {
 		s.relayReplies()
 		s.mu.Lock()
 		if !s.quit && !s.aborted && !s.tlsAccepted {
+			s.endReason = "server_closed"
 			s.writeClientLocked("421 ftpgate: the FTP server closed the connection")
 		}
 		s.mu.Unlock()
@@ -226,6 +235,9 @@ func (s *session) relayCommands() {
 				continue
 			}
 			s.refused(ReasonIdle, "client idle", "timeout", s.cfg.IdleTimeout)
+			s.mu.Lock()
+			s.endReason = "idle_timeout"
+			s.mu.Unlock()
 			s.reply("421 ftpgate: idle timeout, closing the control connection")
 			return
 		}
@@ -346,6 +358,9 @@ func (s *session) authPassthrough(verb, line string, r *LineReader) bool {
 		return false
 	}
 	s.cfg.Observer.TLS("passthrough")
+	s.mu.Lock()
+	s.endReason = "tls_passthrough"
+	s.mu.Unlock()
 	s.log.Info("AUTH accepted by the server: relaying the encrypted control channel blind, no data connections will be opened")
 	s.client.SetReadDeadline(time.Time{})
 	s.upstream.SetWriteDeadline(time.Time{})
