@@ -8,7 +8,7 @@ FUZZTIME     ?= 30s
 TEST_TIMEOUT ?= 45m
 TESTFLAGS    ?=
 
-.PHONY: all build deps test fuzz demo bench clean lint
+.PHONY: all build deps test fuzz demo bench clean lint check-deploy
 
 all: build
 
@@ -33,6 +33,9 @@ demo: deps build
 
 bench:
 	$(GO) test -run XXX -bench . ./...
+
+check-deploy: deps
+	./scripts/check-deploy.sh
 
 lint:
 	@out=$$(gofmt -l .); \

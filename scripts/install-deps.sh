@@ -5,7 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Tests and demo: the kernel tools, a real FTP server and clients.
 pkgs=(nftables iproute2 vsftpd curl lftp conntrack python3 ca-certificates procps)
+# make check-deploy: the real tools that check deploy/ (systemd-analyze, promtool, ...).
+pkgs+=(systemd prometheus python3-yaml python3-seccomp file)
 
 missing=()
 for p in "${pkgs[@]}"; do
