@@ -315,8 +315,13 @@ func Listen(ctx context.Context, addr string, mode Mode) (net.Listener, error) {
 	}
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
-		if errors.Is(err, syscall.EPERM) {
+		switch {
+		case mode == Transparent && errors.Is(err, syscall.EPERM):
 			return nil, fmt.Errorf("listen %s: %w — IP_TRANSPARENT needs root or CAP_NET_ADMIN", addr, err)
+		case errors.Is(err, syscall.EACCES):
+			return nil, fmt.Errorf("listen %s: %w — a port below 1024 needs root or CAP_NET_BIND_SERVICE", addr, err)
+		case errors.Is(err, syscall.EADDRNOTAVAIL):
+			return nil, fmt.Errorf("listen %s: %w — the address is not configured on this host", addr, err)
 		}
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
