@@ -32,3 +32,29 @@ func BenchmarkPinholeChurn(b *testing.B) {
 	}
 	b.ReportMetric(float64(n)/time.Since(start).Seconds(), "pinholes/s")
 }
+
+// BenchmarkNATPinholeChurn measures Open+Close of NAT pinholes with SNAT:
+// three elements added in one batch, then deleted in one batch.
+func BenchmarkNATPinholeChurn(b *testing.B) {
+	requireRoot(b)
+	ns := newNS(b, "natbench")
+	fw := newFirewall(b, ns, Config{})
+	ctx := context.Background()
+	src, pub := netip.MustParseAddr("10.77.9.1"), netip.MustParseAddr("10.77.9.2")
+	srv, in := netip.MustParseAddr("10.77.10.2"), netip.MustParseAddr("10.77.10.1")
+	start := time.Now()
+	n := 0
+	for b.Loop() {
+		f := proxy.Flow{Src: src, Dst: netip.AddrPortFrom(pub, uint16(1024+n%60000)),
+			Target: netip.AddrPortFrom(srv, 40000), SNAT: in}
+		p, err := fw.Open(ctx, f, 10*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Close(); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+	b.ReportMetric(float64(n)/time.Since(start).Seconds(), "pinholes/s")
+}

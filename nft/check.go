@@ -130,16 +130,16 @@ func checkKernel(c *nftables.Conn, cfg Config) []Finding {
 	}
 	out = append(out, Finding{OK: true, What: "kernel supports the inet table, prerouting chain and timeout sets"})
 
-	probe := func(what, fix string, exprs ...[]expr.Any) {
+	probeIn := func(ch *nftables.Chain, what, fix string, exprs ...[]expr.Any) Finding {
 		for _, e := range exprs {
-			c.AddRule(&nftables.Rule{Table: o.table, Chain: o.chain, Exprs: e})
+			c.AddRule(&nftables.Rule{Table: o.table, Chain: ch, Exprs: e})
 		}
 		if err := c.Flush(); err != nil {
-			out = append(out, Finding{What: "kernel lacks " + what + ": " + err.Error(), Fix: fixFor(err, fix)})
-			return
+			return Finding{What: "kernel lacks " + what + ": " + err.Error(), Fix: fixFor(err, fix)}
 		}
-		out = append(out, Finding{OK: true, What: "kernel supports " + what})
+		return Finding{OK: true, What: "kernel supports " + what}
 	}
+	probe := func(what, fix string, exprs ...[]expr.Any) { out = append(out, probeIn(o.chain, what, fix, exprs...)) }
 	probe("ct mark (nft_ct)", "load nft_ct / enable CONFIG_NFT_CT",
 		setCTMark(cfg.CTMark, cfg.CTMask))
 	probe("one-shot pinholes (dynset delete on concatenated keys, nft_dynset)",
@@ -178,6 +178,8 @@ func checkKernel(c *nftables.Conn, cfg Config) []Finding {
 		}
 	}
 
+	out = append(out, checkNAT(c, cfg, o, probeIn)...)
+
 	c.DelTable(o.table)
 	if err := c.Flush(); err != nil {
 		out = append(out, Finding{
@@ -186,6 +188,79 @@ func checkKernel(c *nftables.Conn, cfg Config) []Finding {
 		})
 	}
 	return out
+}
+
+// checkNAT probes what NAT pinholes need, in the probe table of checkKernel.
+func checkNAT(c *nftables.Conn, cfg Config, o *objects,
+	probeIn func(*nftables.Chain, string, string, ...[]expr.Any) Finding) []Finding {
+	var out []Finding
+	c.AddChain(o.natPre)
+	c.AddChain(o.natPost)
+	if err := c.Flush(); err != nil {
+		return append(out, Finding{
+			What: "kernel lacks nat chains (prerouting/postrouting) in inet tables: " + err.Error(),
+			Fix:  fixFor(err, "load nft_chain_nat / use Linux >= 5.2 with CONFIG_NFT_NAT; without them NAT pinholes (reverse mode, masqueraded clients) fail"),
+		})
+	}
+	out = append(out, Finding{OK: true, What: "kernel supports nat chains in inet tables"})
+
+	var err error
+	for _, fa := range families {
+		for _, set := range []*nftables.Set{o.natPins[fa], o.dnats[fa], o.snats[fa]} {
+			if err == nil {
+				err = c.AddSet(set, nil)
+			}
+		}
+	}
+	if err == nil {
+		err = c.Flush()
+	}
+	if err != nil {
+		return append(out, Finding{
+			What: "kernel cannot create the NAT pinhole maps (timeout maps with concatenated keys and data): " + err.Error(),
+			Fix:  fixFor(err, "use Linux >= 5.6 with CONFIG_NFT_SET_HASH; without them NAT pinholes fail"),
+		})
+	}
+	out = append(out, Finding{OK: true, What: "kernel supports NAT pinhole maps (timeout maps with concatenated keys and data)"})
+
+	var dnat, snat [][]expr.Any
+	for _, fa := range families {
+		dnat = append(dnat, dnatRuleExprs(cfg, fa, o.natPins[fa], o.dnats[fa]))
+		snat = append(snat, snatRuleExprs(fa, o.snats[fa]))
+	}
+	fix := "load nft_nat, nft_dynset, nft_ct / use Linux >= 5.6 (NAT to address . port from a map)"
+	for _, f := range []Finding{
+		probeIn(o.natPre, "one-shot NAT pinholes (dynset delete, dnat to map data, nft_nat)", fix, dnat...),
+		probeIn(o.natPost, "SNAT of NAT pinholes (snat to map data keyed by ct original)", fix, snat...),
+	} {
+		out = append(out, f)
+		if !f.OK {
+			return out
+		}
+	}
+
+	// Map elements with data and timeouts, and destroying them.
+	key := fam4.pinKey(netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), 65535)
+	err = c.SetAddElements(o.dnats[&fam4], []nftables.SetElement{{Key: key, Val: fam4.dnatData(netip.MustParseAddrPort("192.0.2.3:65535")), Timeout: time.Second}})
+	if err == nil {
+		err = c.SetAddElements(o.snats[&fam4], []nftables.SetElement{{Key: key, Val: netip.MustParseAddr("192.0.2.4").AsSlice(), Timeout: time.Second}})
+	}
+	if err == nil {
+		err = c.Flush()
+	}
+	if err == nil {
+		err = c.SetDestroyElements(o.dnats[&fam4], []nftables.SetElement{{Key: key}, {Key: key}})
+		if err == nil {
+			err = c.SetDestroyElements(o.snats[&fam4], []nftables.SetElement{{Key: key}})
+		}
+		if err == nil {
+			err = c.Flush()
+		}
+	}
+	if err != nil {
+		return append(out, Finding{What: "cannot add and destroy NAT map elements with timeouts: " + err.Error(), Fix: fixFor(err, "use Linux >= 6.3")})
+	}
+	return append(out, Finding{OK: true, What: "kernel supports NAT map elements with timeouts and destroy"})
 }
 
 func checkCTEvents() Finding {

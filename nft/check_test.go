@@ -28,7 +28,8 @@ func TestCheck(t *testing.T) {
 	if !hasFinding(out, true, "no host chain drops forwarded traffic; nothing to add") {
 		t.Errorf("missing the nothing-to-add finding")
 	}
-	for _, want := range []string{"CAP_NET_ADMIN", "tproxy", "socket transparent", "dynset delete", "ct mark", "timeouts"} {
+	for _, want := range []string{"CAP_NET_ADMIN", "tproxy", "socket transparent", "dynset delete", "ct mark", "timeouts",
+		"nat chains", "NAT pinhole maps", "one-shot NAT pinholes", "SNAT of NAT pinholes", "NAT map elements"} {
 		if !hasFinding(out, true, want) {
 			t.Errorf("missing an OK finding about %q", want)
 		}

@@ -1,10 +1,11 @@
 // Package nft is the kernel side of ftpgate: the owner-flagged nftables table
 // "inet ftpgate" with the transparent-interception rules, the one-shot pinhole
-// sets and the fwmark policy routing that tproxy needs.
+// sets, the NAT pinholes (one-shot keys with DNAT/SNAT timeout maps, in nat
+// chains) and the fwmark policy routing that tproxy needs.
 //
 // A Firewall is bound to the network namespace of the thread that calls New:
-// every netlink socket it uses (nftables, conntrack events, rtnetlink) is
-// opened there, once, and kept for the Firewall's life.
+// every netlink socket it uses (nftables, conntrack events and queries,
+// rtnetlink) is opened there, once, and kept for the Firewall's life.
 package nft
 
 import (

@@ -7,10 +7,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ErrNATNotImplemented is returned by Open for flows with a DNAT target or an
-// SNAT address.
-var ErrNATNotImplemented = errors.New("nft: NAT pinholes not implemented yet")
-
 // ErrClosed is returned by Open after Close.
 var ErrClosed = errors.New("nft: firewall is closed")
 

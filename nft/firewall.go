@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/ti-mo/conntrack"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -39,7 +40,14 @@ type Firewall struct {
 	active  int
 	timers  sync.WaitGroup // running or pending expiry callbacks
 
-	events *ctEvents // nil when the conntrack listener could not start
+	events  *ctEvents // nil when the conntrack listener could not start
+	janitor janitor   // removes the NAT data of used NAT pinholes
+
+	// ctq queries conntrack (SourceAddress); nil if it could not be opened,
+	// with ctqErr saying why. ctqMu guards its use and closing.
+	ctqMu  sync.Mutex
+	ctq    *conntrack.Conn
+	ctqErr error
 
 	closeOnce sync.Once
 	closeErr  error
@@ -70,7 +78,7 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}}
+	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}, janitor: newJanitor()}
 	fw.conn, err = nftables.New(nftables.AsLasting())
 	if err != nil {
 		return nil, wrap("nftables", "open netlink socket", err)
@@ -100,6 +108,12 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 			"err", err)
 		fw.events = nil
 	}
+	fw.ctq, fw.ctqErr = conntrack.Dial(nil)
+	if fw.ctqErr != nil {
+		fw.ctqErr = wrapHint("conntrack", "open netlink socket", fw.ctqErr, fixFor(fw.ctqErr, "load nf_conntrack_netlink"))
+		log.Warn("nft: cannot query conntrack; masqueraded clients cannot be recognised", "err", fw.ctqErr)
+	}
+	go fw.janitor.run(fw)
 	log.Info("nft: installed", "table", "inet "+cfg.Table, "intercept", cfg.Intercept,
 		"ct_mark", fmt.Sprintf("%#x/%#x", cfg.CTMark, cfg.CTMask))
 	return fw, nil
@@ -178,6 +192,15 @@ func (fw *Firewall) close() error {
 	if fw.events != nil {
 		fw.events.stop()
 	}
+	// No conntrack event can queue work for the janitor any more.
+	fw.janitor.shutdown()
+	fw.ctqMu.Lock()
+	if fw.ctq != nil {
+		_ = fw.ctq.Close()
+		fw.ctq = nil
+	}
+	fw.ctqErr = ErrClosed
+	fw.ctqMu.Unlock()
 	fw.timers.Wait()
 	fw.notify(ended)
 	fw.log.Info("nft: removed", "table", "inet "+fw.cfg.Table)
@@ -191,26 +214,36 @@ func (fw *Firewall) Active() int {
 	return fw.active
 }
 
-// pinhole is one element of pin4/pin6.
+// pinhole is one opening: an element of pin4/pin6 (plain), or elements of
+// natpin4/6, dnat4/6 and optionally snat4/6 with the same key (NAT).
 type pinhole struct {
 	fw      *Firewall
 	flow    proxy.Flow
 	key     pinKey
+	nat     natSpec // zero for a plain pinhole
 	fa      *family
 	timer   *time.Timer
 	ended   bool // OnPinholeEnd was (or is about to be) called
 	revoked bool // Close found the element gone; waiting for used/expired
 	used    bool
+	done    chan struct{} // closed by endLocked, when ended is set
 }
 
+// Done is closed when the pinhole ends: used, expired, closed, replaced by
+// an Open of the same key, or the Firewall closed — at the moment the
+// OnPinholeEnd call for it is decided (the call itself may still be running).
+func (p *pinhole) Done() <-chan struct{} { return p.done }
+
 // Open allows one TCP connection from f.Src to f.Dst for ttl. It returns after
-// the kernel acknowledged the element. An Open for a key that is still
-// outstanding replaces it (the earlier Pinhole ends, unused).
+// the kernel acknowledged every element of the opening (one batch). An Open
+// for a key (Src, Dst) that is still outstanding replaces it (the earlier
+// Pinhole ends, unused), whether either is a NAT pinhole or not.
+//
+// With f.Target valid the connection is DNAT'ed to f.Target and, with f.SNAT
+// valid, source-NAT'ed to f.SNAT (any source port); f.Dst is then normally an
+// address of this host. f.SNAT requires f.Target.
 func (fw *Firewall) Open(ctx context.Context, f proxy.Flow, ttl time.Duration) (proxy.Pinhole, error) {
-	if f.Target.IsValid() || f.SNAT.IsValid() {
-		return nil, ErrNATNotImplemented
-	}
-	key, err := flowKey(f)
+	key, nat, err := parseFlow(f)
 	if err != nil {
 		return nil, err
 	}
@@ -236,23 +269,32 @@ func (fw *Firewall) Open(ctx context.Context, f proxy.Flow, ttl time.Duration) (
 	old := fw.entries[key]
 	fw.mu.Unlock()
 
-	fa := familyOf(key.src)
-	set := fw.obj.pins[fa]
-	elem := nftables.SetElement{Key: fa.pinKey(key.src, key.dst, key.port), Timeout: ttl}
+	p := &pinhole{fw: fw, flow: f, key: key, nat: nat, fa: familyOf(key.src), done: make(chan struct{})}
+	kb := p.keyBytes()
+	// Replace what the kernel may hold for this key: the elements of an
+	// outstanding pinhole (refresh), and for a NAT pinhole also the DNAT/SNAT
+	// data a used one may have left for the janitor — a stale snat element
+	// must not apply to a pinhole without SNAT. DESTROY ignores missing
+	// elements; the batch is atomic.
+	var stale []*nftables.Set
 	if old != nil {
-		// Refresh: replace the element (and its timeout) atomically.
-		if err := fw.conn.SetDestroyElements(set, []nftables.SetElement{{Key: elem.Key}}); err != nil {
-			return nil, wrap("nftables", "refresh pinhole "+f.String(), err)
+		stale = old.sets()
+	}
+	if p.isNAT() {
+		stale = appendNew(stale, fw.natSets(p.fa)...)
+	}
+	if err := fw.queueDestroy(stale, kb); err != nil {
+		return nil, wrap("nftables", "refresh pinhole "+f.String(), err)
+	}
+	for _, e := range p.elements(ttl) {
+		if err := fw.conn.SetAddElements(e.set, []nftables.SetElement{e.elem}); err != nil {
+			return nil, wrap("nftables", "add pinhole "+f.String(), err)
 		}
 	}
-	if err := fw.conn.SetAddElements(set, []nftables.SetElement{elem}); err != nil {
-		return nil, wrap("nftables", "add pinhole "+f.String(), err)
-	}
 	if err := fw.conn.Flush(); err != nil {
-		return nil, wrap("nftables", "add pinhole "+f.String()+" to set "+set.Name, err)
+		return nil, wrap("nftables", "add pinhole "+f.String()+" to "+p.setNames(), err)
 	}
 
-	p := &pinhole{fw: fw, flow: f, key: key, fa: fa}
 	var ended []*pinhole
 	fw.mu.Lock()
 	if cur := fw.entries[key]; cur != nil && fw.endLocked(cur, false) {
@@ -269,17 +311,50 @@ func (fw *Firewall) Open(ctx context.Context, f proxy.Flow, ttl time.Duration) (
 
 // flowKey validates f and returns its set key.
 func flowKey(f proxy.Flow) (pinKey, error) {
+	k, _, err := parseFlow(f)
+	return k, err
+}
+
+// parseFlow validates f and returns its set key and, for a NAT flow, its
+// translation, all normalised (IPv4-mapped addresses unmapped, no zones).
+func parseFlow(f proxy.Flow) (pinKey, natSpec, error) {
 	src := f.Src.Unmap().WithZone("")
 	dst := f.Dst.Addr().Unmap().WithZone("")
 	switch {
 	case !src.IsValid() || !dst.IsValid():
-		return pinKey{}, fmt.Errorf("nft: pinhole %s: source and destination addresses are required", f)
+		return pinKey{}, natSpec{}, fmt.Errorf("nft: pinhole %s: source and destination addresses are required", f)
 	case src.Is4() != dst.Is4():
-		return pinKey{}, fmt.Errorf("nft: pinhole %s: source and destination are of different address families", f)
+		return pinKey{}, natSpec{}, fmt.Errorf("nft: pinhole %s: source and destination are of different address families", f)
 	case f.Dst.Port() == 0:
-		return pinKey{}, fmt.Errorf("nft: pinhole %s: destination port 0 is not a port", f)
+		return pinKey{}, natSpec{}, fmt.Errorf("nft: pinhole %s: destination port 0 is not a port", f)
 	}
-	return pinKey{src: src, dst: dst, port: f.Dst.Port()}, nil
+	key := pinKey{src: src, dst: dst, port: f.Dst.Port()}
+	var nat natSpec
+	if f.Target.IsValid() {
+		to := f.Target.Addr().Unmap().WithZone("")
+		switch {
+		case to.Is4() != src.Is4():
+			return pinKey{}, natSpec{}, fmt.Errorf("nft: pinhole %s: DNAT target %s is not of the flow's address family (%s)", f, f.Target, familyOf(src).name)
+		case to.IsUnspecified():
+			return pinKey{}, natSpec{}, fmt.Errorf("nft: pinhole %s: DNAT target address %s is unspecified", f, to)
+		case f.Target.Port() == 0:
+			return pinKey{}, natSpec{}, fmt.Errorf("nft: pinhole %s: DNAT target port 0 is not a port", f)
+		}
+		nat.to = netip.AddrPortFrom(to, f.Target.Port())
+	}
+	if f.SNAT.IsValid() {
+		sa := f.SNAT.Unmap().WithZone("")
+		switch {
+		case !nat.to.IsValid():
+			return pinKey{}, natSpec{}, fmt.Errorf("nft: pinhole %s: SNAT without a DNAT target is not supported — source NAT applies only to DNAT'ed data connections", f)
+		case sa.Is4() != src.Is4():
+			return pinKey{}, natSpec{}, fmt.Errorf("nft: pinhole %s: SNAT address %s is not of the flow's address family (%s)", f, f.SNAT, familyOf(src).name)
+		case sa.IsUnspecified():
+			return pinKey{}, natSpec{}, fmt.Errorf("nft: pinhole %s: SNAT address %s is unspecified", f, sa)
+		}
+		nat.snat = sa
+	}
+	return key, nat, nil
 }
 
 // endLocked marks e ended and forgets it; it reports whether the caller must
@@ -289,6 +364,7 @@ func (fw *Firewall) endLocked(e *pinhole, used bool) bool {
 		return false
 	}
 	e.ended, e.used = true, used
+	close(e.done)
 	if !e.revoked {
 		fw.active--
 	}
@@ -336,6 +412,11 @@ func (fw *Firewall) onConnNew(k pinKey) {
 	var ended []*pinhole
 	if e := fw.entries[k]; e != nil && fw.endLocked(e, true) {
 		ended = append(ended, e)
+		if e.isNAT() {
+			// The connection consumed the one-shot key; its DNAT/SNAT data
+			// has served (NAT is bound to the conntrack entry) and goes too.
+			fw.janitor.add(e)
+		}
 	}
 	fw.mu.Unlock()
 	fw.notify(ended)
@@ -353,12 +434,19 @@ func (p *pinhole) Close() error {
 	}
 	fw.mu.Unlock()
 
-	err := fw.conn.SetDeleteElements(fw.obj.pins[p.fa], []nftables.SetElement{{Key: p.fa.pinKey(p.key.src, p.key.dst, p.key.port)}})
+	// Deleting (not destroying) the one-shot key tells whether it was still
+	// there; a NAT pinhole's data goes in the same batch.
+	kb := p.keyBytes()
+	err := fw.conn.SetDeleteElements(p.sets()[0], []nftables.SetElement{{Key: kb}})
+	if err == nil {
+		err = fw.queueDestroy(p.sets()[1:], kb)
+	}
 	if err == nil {
 		err = fw.conn.Flush()
 	}
 	fw.mu.Lock()
 	var ended []*pinhole
+	cleanup := false
 	switch {
 	case err == nil:
 		// We removed it, so no connection consumed it.
@@ -372,11 +460,24 @@ func (p *pinhole) Close() error {
 			p.revoked = true
 			fw.active--
 		}
+		// The failed batch removed nothing: remove the NAT data unless a
+		// newer pinhole owns the key (none can appear: nlMu is held).
+		cur := fw.entries[p.key]
+		cleanup = p.isNAT() && (cur == nil || cur == p)
 		err = nil
 	default:
 		err = wrap("nftables", "remove pinhole "+p.flow.String(), err)
 	}
 	fw.mu.Unlock()
+	if cleanup {
+		err = fw.queueDestroy(p.sets()[1:], kb)
+		if err == nil {
+			err = fw.conn.Flush()
+		}
+		if err != nil {
+			err = wrap("nftables", "remove the NAT data of pinhole "+p.flow.String(), err)
+		}
+	}
 	fw.notify(ended)
 	return err
 }

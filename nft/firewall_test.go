@@ -18,6 +18,7 @@ import (
 
 	"github.com/google/nftables"
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"github.com/ftpgate/ftpgate/proxy"
 )
@@ -94,16 +95,6 @@ func TestOpenValidation(t *testing.T) {
 				t.Fatalf("Open(%v, %v) = %v, want error containing %q", c.f, c.ttl, err, c.want)
 			}
 		})
-	}
-	nat := flow("10.0.0.1", "10.0.0.2:5000")
-	nat.Target = netip.MustParseAddrPort("192.168.0.2:6000")
-	if _, err := fw.Open(ctx, nat, time.Second); !errors.Is(err, ErrNATNotImplemented) {
-		t.Fatalf("Open(NAT flow) = %v, want ErrNATNotImplemented", err)
-	}
-	nat = flow("10.0.0.1", "10.0.0.2:5000")
-	nat.SNAT = netip.MustParseAddr("192.168.0.1")
-	if _, err := fw.Open(ctx, nat, time.Second); !errors.Is(err, ErrNATNotImplemented) {
-		t.Fatalf("Open(SNAT flow) = %v, want ErrNATNotImplemented", err)
 	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
@@ -191,6 +182,17 @@ func TestNewInstallsAndCloseRemoves(t *testing.T) {
 		"tproxy ip6 to [::1]:2121 accept",
 		"ct state new ip saddr . ip daddr . tcp dport @pin4 delete @pin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark | 0x00000100",
 		"ct state new ip6 saddr . ip6 daddr . tcp dport @pin6 delete @pin6 { ip6 saddr . ip6 daddr . tcp dport } ct mark set ct mark | 0x00000100",
+		"set natpin4",
+		"map dnat4 {\n\t\ttype ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service\n\t\tsize 65535\n\t\tflags timeout\n",
+		"map dnat6 {\n\t\ttype ipv6_addr . ipv6_addr . inet_service : ipv6_addr . inet_service\n",
+		"map snat4 {\n\t\ttype ipv4_addr . ipv4_addr . inet_service : ipv4_addr\n",
+		"map snat6 {\n\t\ttype ipv6_addr . ipv6_addr . inet_service : ipv6_addr\n",
+		"type nat hook prerouting priority dstnat; policy accept;",
+		"ct state new ip saddr . ip daddr . tcp dport @natpin4 delete @natpin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark | 0x00000100 dnat ip to ip saddr . ip daddr . tcp dport map @dnat4",
+		"ct state new ip6 saddr . ip6 daddr . tcp dport @natpin6 delete @natpin6 { ip6 saddr . ip6 daddr . tcp dport } ct mark set ct mark | 0x00000100 dnat ip6 to ip6 saddr . ip6 daddr . tcp dport map @dnat6",
+		"type nat hook postrouting priority srcnat; policy accept;",
+		"meta l4proto tcp ct status dnat snat ip to ip saddr . ct original ip daddr . ct original proto-dst map @snat4",
+		"meta l4proto tcp ct status dnat snat ip6 to ip6 saddr . ct original ip6 daddr . ct original proto-dst map @snat6",
 	} {
 		if !strings.Contains(rs, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, rs)
@@ -252,26 +254,53 @@ func setElements(t *testing.T, ns *testNS, set string) string {
 	return ns.exec(t, "nft", "list", "set", "inet", "ftpgate", set)
 }
 
-// pinElements lists a pinhole set through the nftables API (fast, unlike
-// exec'ing nft on a loaded machine, which matters with 1s timeouts).
-func pinElements(t *testing.T, ns *testNS, fa *family) map[string]time.Duration {
+// findElement looks key up in set through the nftables API (fast, unlike
+// exec'ing nft on a loaded machine, which matters with 1s timeouts). It asks
+// for the one element rather than dumping the set: google/nftables stops
+// reading a dump when the socket is momentarily empty, so dumps of large
+// sets can come back short.
+func findElement(t *testing.T, ns *testNS, set *nftables.Set, key []byte) (nftables.SetElement, bool) {
 	t.Helper()
-	out := map[string]time.Duration{}
+	var elem nftables.SetElement
+	var found bool
 	ns.do(t, func() {
 		c, err := nftables.New()
 		if err != nil {
 			t.Fatal(err)
 		}
-		set := &nftables.Set{Name: fa.pinSet, Table: &nftables.Table{Name: "ftpgate", Family: nftables.TableFamilyINet}, KeyType: fa.keyType}
-		elems, err := c.GetSetElements(set)
-		if err != nil {
-			t.Fatalf("list set %s: %v", fa.pinSet, err)
-		}
-		for _, e := range elems {
-			out[string(e.Key)] = e.Timeout
+		s := *set
+		s.Table = &nftables.Table{Name: "ftpgate", Family: nftables.TableFamilyINet}
+		elems, err := c.FindSetElements(&s, []nftables.SetElement{{Key: key}})
+		switch {
+		case errors.Is(err, unix.ENOENT):
+		case err != nil:
+			t.Fatalf("look up an element of %s: %v", set.Name, err)
+		default:
+			for _, e := range elems {
+				if string(e.Key) == string(key) {
+					elem, found = e, true
+				}
+			}
 		}
 	})
-	return out
+	return elem, found
+}
+
+// pinElement looks up the element of key in fa's pinhole set.
+func pinElement(t *testing.T, ns *testNS, fa *family, key string) (time.Duration, bool) {
+	t.Helper()
+	e, ok := findElement(t, ns, &nftables.Set{Name: fa.pinSet, KeyType: fa.keyType}, []byte(key))
+	return e.Timeout, ok
+}
+
+// countElements counts the elements of a set or map with nft (a complete dump).
+func countElements(t *testing.T, ns *testNS, set string) int {
+	t.Helper()
+	kind := "set"
+	if strings.HasPrefix(set, "dnat") || strings.HasPrefix(set, "snat") {
+		kind = "map"
+	}
+	return strings.Count(ns.exec(t, "nft", "list", kind, "inet", "ftpgate", set), " expires ")
 }
 
 func keyOf(f proxy.Flow) (*family, string) {
@@ -305,7 +334,7 @@ func TestOpenAddsElementThatExpires(t *testing.T) {
 		}
 		holes = append(holes, p)
 		fa, key := keyOf(f)
-		if timeout, ok := pinElements(t, ns, fa)[key]; !ok || timeout != time.Second {
+		if timeout, ok := pinElement(t, ns, fa, key); !ok || timeout != time.Second {
 			t.Errorf("set %s: element for %v present=%v timeout=%v, want present with timeout 1s", fa.pinSet, f, ok, timeout)
 		}
 	}
@@ -321,7 +350,7 @@ func TestOpenAddsElementThatExpires(t *testing.T) {
 	for _, f := range flows {
 		fa, key := keyOf(f)
 		for {
-			if _, ok := pinElements(t, ns, fa)[key]; !ok {
+			if _, ok := pinElement(t, ns, fa, key); !ok {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -538,7 +567,8 @@ func TestOneShotTraffic(t *testing.T) {
 			}
 
 			f := flow(tc.src, tc.dst)
-			if _, err := fw.Open(context.Background(), f, 30*time.Second); err != nil {
+			p, err := fw.Open(context.Background(), f, 30*time.Second)
+			if err != nil {
 				t.Fatalf("Open: %v", err)
 			}
 			c, err := dial(t, cli, tc.dst)
@@ -557,6 +587,9 @@ func TestOneShotTraffic(t *testing.T) {
 
 			if got := rec.wait(t, 10*time.Second); !got.used || got.f != f {
 				t.Errorf("OnPinholeEnd(%v, %v), want (%v, true)", got.f, got.used, f)
+			}
+			if !isDone(p) {
+				t.Error("Done not closed when OnPinholeEnd reported the pinhole used")
 			}
 			if fw.Active() != 0 {
 				t.Errorf("Active() = %d after use, want 0", fw.Active())
@@ -685,7 +718,8 @@ func TestKilledProcessLeavesNoTable(t *testing.T) {
 	}
 }
 
-// TestConcurrentOpenClose churns pinholes from many goroutines.
+// TestConcurrentOpenClose churns pinholes, plain and NAT, of both families
+// from many goroutines.
 func TestConcurrentOpenClose(t *testing.T) {
 	requireRoot(t)
 	leakCheck(t)
@@ -696,30 +730,50 @@ func TestConcurrentOpenClose(t *testing.T) {
 		rec.calls = append(rec.calls, endCall{f, used})
 		rec.mu.Unlock()
 	}})
-	const workers, per = 8, 100
+	const workers, per = 8, 120
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
+	var mu sync.Mutex
+	want := map[string]int{} // elements left open, by set
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range per {
 				src := netip.AddrFrom4([4]byte{10, 77, byte(w), 1})
+				dst := netip.AddrFrom4([4]byte{10, 77, 100, 2})
+				to := netip.AddrFrom4([4]byte{10, 77, 101, 2})
+				snat := netip.AddrFrom4([4]byte{10, 77, 101, 1})
 				if i%2 == 1 {
 					src = netip.MustParseAddr(fmt.Sprintf("fd77:%d::1", w))
-				}
-				dst := netip.AddrFrom4([4]byte{10, 77, 100, 2})
-				if src.Is6() {
-					dst = netip.MustParseAddr("fd77:100::2")
+					dst, to, snat = netip.MustParseAddr("fd77:100::2"), netip.MustParseAddr("fd77:101::2"), netip.MustParseAddr("fd77:101::1")
 				}
 				f := proxy.Flow{Src: src, Dst: netip.AddrPortFrom(dst, uint16(1024+i))}
+				switch (i / 2) % 3 {
+				case 1:
+					f.Target = netip.AddrPortFrom(to, uint16(2048+i))
+				case 2:
+					f.Target, f.SNAT = netip.AddrPortFrom(to, uint16(2048+i)), snat
+				}
 				p, err := fw.Open(context.Background(), f, time.Minute)
 				if err != nil {
 					errs <- err
 					return
 				}
-				if i%4 == 0 {
-					continue // left open
+				if i%4 < 2 { // left open
+					fa := familyOf(src)
+					mu.Lock()
+					if f.Target.IsValid() {
+						want[fa.natSet]++
+						want[fa.dnatMap]++
+						if f.SNAT.IsValid() {
+							want[fa.snatMap]++
+						}
+					} else {
+						want[fa.pinSet]++
+					}
+					mu.Unlock()
+					continue
 				}
 				if err := p.Close(); err != nil {
 					errs <- err
@@ -735,11 +789,15 @@ func TestConcurrentOpenClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	open := fw.Active()
-	if want := workers * per / 4; open != want {
+	if want := workers * per / 2; open != want {
 		t.Errorf("Active() = %d, want %d", open, want)
 	}
-	if got := len(pinElements(t, ns, &fam4)) + len(pinElements(t, ns, &fam6)); got != open {
-		t.Errorf("kernel holds %d elements, Active() = %d", got, open)
+	for _, fa := range families {
+		for _, set := range []string{fa.pinSet, fa.natSet, fa.dnatMap, fa.snatMap} {
+			if got := countElements(t, ns, set); got != want[set] || got == 0 {
+				t.Errorf("kernel holds %d elements in %s, want %d", got, set, want[set])
+			}
+		}
 	}
 	if err := fw.Close(); err != nil {
 		t.Fatal(err)

@@ -13,42 +13,61 @@ import (
 // Object names inside the table.
 const (
 	chainPrerouting  = "prerouting"
+	chainNATPre      = "nat_prerouting"
+	chainNATPost     = "nat_postrouting"
 	setInterceptPort = "intercept_ports"
-	setPin4          = "pin4"
-	setPin6          = "pin6"
 )
 
 // dynsetOpDelete is the kernel's NFT_DYNSET_OP_DELETE; google/nftables has no
 // constant for it.
 const dynsetOpDelete = 2
 
+// ctStatusDNAT is IPS_DST_NAT, the "ct status dnat" bit.
+const ctStatusDNAT = 0x20
+
 // family describes how one address family is matched in the inet table.
 type family struct {
-	name     string // "ipv4" / "ipv6", as in "meta nfproto"
-	nfproto  byte
-	pinSet   string
-	addrLen  uint32
-	saddrOff uint32 // offset of the source address in the network header
-	daddrOff uint32
+	name    string // "ipv4" / "ipv6", as in "meta nfproto"
+	ip      string // "ip" / "ip6", as in "ip saddr"
+	nfproto byte
+	// Set and map names: pinSet holds plain pinholes; a NAT pinhole is one
+	// element in natSet (the one-shot key) plus one in dnatMap and, with
+	// SNAT, one in snatMap, all with the same key.
+	pinSet, natSet, dnatMap, snatMap string
+	addrLen                          uint32
+	saddrOff                         uint32 // offset of the source address in the network header
+	daddrOff                         uint32
 	// registers for the concatenated key saddr . daddr . dport; each part
 	// is padded to a multiple of 4 bytes, so the parts sit in consecutive
 	// 32-bit registers starting at NFT_REG_1.
 	regSaddr, regDaddr, regDport uint32
 	keyType                      nftables.SetDatatype
+	// dnatType is the data of dnatMap (addr . port) and addrType that of
+	// snatMap. A map lookup writes its data to NFT_REG_1 onwards: the
+	// address there, the DNAT port in the register after it (regNATPort).
+	dnatType, addrType nftables.SetDatatype
+	regNATPort         uint32
+	ctDstIP            expr.CtKey // ct original ip(6) daddr
 }
 
 var (
 	fam4 = family{
-		name: "ipv4", nfproto: unix.NFPROTO_IPV4, pinSet: setPin4,
+		name: "ipv4", ip: "ip", nfproto: unix.NFPROTO_IPV4,
+		pinSet: "pin4", natSet: "natpin4", dnatMap: "dnat4", snatMap: "snat4",
 		addrLen: 4, saddrOff: 12, daddrOff: 16,
 		regSaddr: unix.NFT_REG_1, regDaddr: unix.NFT_REG32_01, regDport: unix.NFT_REG32_02,
-		keyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr, nftables.TypeInetService),
+		keyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr, nftables.TypeInetService),
+		dnatType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService),
+		addrType: nftables.TypeIPAddr, regNATPort: unix.NFT_REG32_01, ctDstIP: expr.CtKeyDSTIP,
 	}
 	fam6 = family{
-		name: "ipv6", nfproto: unix.NFPROTO_IPV6, pinSet: setPin6,
+		name: "ipv6", ip: "ip6", nfproto: unix.NFPROTO_IPV6,
+		pinSet: "pin6", natSet: "natpin6", dnatMap: "dnat6", snatMap: "snat6",
 		addrLen: 16, saddrOff: 8, daddrOff: 24,
 		regSaddr: unix.NFT_REG_1, regDaddr: unix.NFT_REG_2, regDport: unix.NFT_REG_3,
-		keyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr, nftables.TypeInetService),
+		keyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr, nftables.TypeInetService),
+		dnatType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService),
+		addrType: nftables.TypeIP6Addr, regNATPort: unix.NFT_REG_2, ctDstIP: expr.CtKeyDSTIP6,
 	}
 	families = []*family{&fam4, &fam6}
 )
@@ -67,6 +86,14 @@ func (fa *family) pinKey(src, dst netip.Addr, port uint16) []byte {
 	key = append(key, dst.AsSlice()...)
 	key = binary.BigEndian.AppendUint16(key, port)
 	return append(key, 0, 0)
+}
+
+// dnatData encodes the dnatMap data addr . port (port padded to 4 bytes).
+func (fa *family) dnatData(to netip.AddrPort) []byte {
+	d := make([]byte, 0, fa.addrLen+4)
+	d = append(d, to.Addr().AsSlice()...)
+	d = binary.BigEndian.AppendUint16(d, to.Port())
+	return append(d, 0, 0)
 }
 
 func nativeU32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
@@ -143,6 +170,13 @@ func loadPinKey(fa *family) []expr.Any {
 // pinRuleExprs: ct state new meta nfproto X meta l4proto tcp
 // ip saddr . ip daddr . tcp dport @pinN delete @pinN { ... } ct mark set ...
 func pinRuleExprs(cfg Config, fa *family, set *nftables.Set) []expr.Any {
+	e := consumePin(fa, set)
+	return append(e, setCTMark(cfg.CTMark, cfg.CTMask)...)
+}
+
+// consumePin: ct state new meta nfproto X meta l4proto tcp
+// ip saddr . ip daddr . tcp dport @set delete @set { ip saddr . ip daddr . tcp dport }
+func consumePin(fa *family, set *nftables.Set) []expr.Any {
 	e := []expr.Any{
 		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeU32(expr.CtStateBitNEW), Xor: nativeU32(0)},
@@ -150,20 +184,63 @@ func pinRuleExprs(cfg Config, fa *family, set *nftables.Set) []expr.Any {
 	}
 	e = append(e, matchFamilyTCP(fa)...)
 	e = append(e, loadPinKey(fa)...)
-	e = append(e,
+	return append(e,
 		&expr.Lookup{SourceRegister: fa.regSaddr, SetName: set.Name, SetID: set.ID},
 		// The lookup leaves the key registers intact.
 		&expr.Dynset{SrcRegKey: fa.regSaddr, SetName: set.Name, SetID: set.ID, Operation: dynsetOpDelete},
 	)
-	return append(e, setCTMark(cfg.CTMark, cfg.CTMask)...)
+}
+
+// dnatRuleExprs (chain nat_prerouting), the NAT pinhole: consume the one-shot
+// key, mark the connection, DNAT it to the address and port in dnatN.
+//
+//	ct state new meta nfproto X meta l4proto tcp
+//	ip saddr . ip daddr . tcp dport @natpinN delete @natpinN { ip saddr . ip daddr . tcp dport }
+//	ct mark set ... dnat ip to ip saddr . ip daddr . tcp dport map @dnatN
+//
+// The key is reloaded after "ct mark set", which used register 1, exactly as
+// nft compiles the text.
+func dnatRuleExprs(cfg Config, fa *family, pins, dnat *nftables.Set) []expr.Any {
+	e := consumePin(fa, pins)
+	e = append(e, setCTMark(cfg.CTMark, cfg.CTMask)...)
+	e = append(e, loadPinKey(fa)...)
+	return append(e,
+		&expr.Lookup{SourceRegister: fa.regSaddr, DestRegister: unix.NFT_REG_1, IsDestRegSet: true, SetName: dnat.Name, SetID: dnat.ID},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(fa.nfproto), RegAddrMin: unix.NFT_REG_1, RegProtoMin: fa.regNATPort},
+	)
+}
+
+// snatRuleExprs (chain nat_postrouting): source NAT of connections DNAT'ed
+// through a NAT pinhole that has an snatN element. The key is the
+// connection's original tuple, the same as the pinhole's dnatN key.
+//
+//	meta nfproto X meta l4proto tcp ct status dnat
+//	snat ip to ip saddr . ct original ip daddr . ct original proto-dst map @snatN
+func snatRuleExprs(fa *family, snat *nftables.Set) []expr.Any {
+	e := matchFamilyTCP(fa)
+	return append(e,
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: nativeU32(ctStatusDNAT), Xor: nativeU32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nativeU32(0)},
+		&expr.Payload{DestRegister: fa.regSaddr, Base: expr.PayloadBaseNetworkHeader, Offset: fa.saddrOff, Len: fa.addrLen},
+		&expr.Ct{Key: fa.ctDstIP, Register: fa.regDaddr, Direction: expr.CtDirOriginal},
+		&expr.Ct{Key: expr.CtKeyPROTODST, Register: fa.regDport, Direction: expr.CtDirOriginal},
+		&expr.Lookup{SourceRegister: fa.regSaddr, DestRegister: unix.NFT_REG_1, IsDestRegSet: true, SetName: snat.Name, SetID: snat.ID},
+		&expr.NAT{Type: expr.NATTypeSourceNAT, Family: uint32(fa.nfproto), RegAddrMin: unix.NFT_REG_1},
+	)
 }
 
 // objects is everything New installs in the table, built for one batch.
 type objects struct {
-	table *nftables.Table
-	chain *nftables.Chain
-	ports *nftables.Set
-	pins  map[*family]*nftables.Set
+	table   *nftables.Table
+	chain   *nftables.Chain // filter prerouting: interception, plain pinholes
+	natPre  *nftables.Chain // nat prerouting: NAT pinholes (DNAT)
+	natPost *nftables.Chain // nat postrouting: their SNAT
+	ports   *nftables.Set
+	pins    map[*family]*nftables.Set
+	natPins map[*family]*nftables.Set
+	dnats   map[*family]*nftables.Set
+	snats   map[*family]*nftables.Set
 }
 
 func newObjects(cfg Config, tableName string, flags nftables.TableFlags) *objects {
@@ -176,19 +253,56 @@ func newObjects(cfg Config, tableName string, flags nftables.TableFlags) *object
 			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
 			Policy: &policy,
 		},
-		ports: &nftables.Set{Table: t, Name: setInterceptPort, KeyType: nftables.TypeInetService},
-		pins:  map[*family]*nftables.Set{},
+		natPre: &nftables.Chain{
+			Name: chainNATPre, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest,
+			Policy: &policy,
+		},
+		natPost: &nftables.Chain{
+			Name: chainNATPost, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+			Policy: &policy,
+		},
+		ports:   &nftables.Set{Table: t, Name: setInterceptPort, KeyType: nftables.TypeInetService},
+		pins:    map[*family]*nftables.Set{},
+		natPins: map[*family]*nftables.Set{},
+		dnats:   map[*family]*nftables.Set{},
+		snats:   map[*family]*nftables.Set{},
 	}
 	for _, fa := range families {
 		o.pins[fa] = &nftables.Set{
 			Table: t, Name: fa.pinSet, KeyType: fa.keyType,
 			HasTimeout: true, Dynamic: true, Size: pinSetSize,
 		}
+		o.natPins[fa] = &nftables.Set{
+			Table: t, Name: fa.natSet, KeyType: fa.keyType,
+			HasTimeout: true, Dynamic: true, Size: pinSetSize,
+		}
+		// Only ftpgate changes the maps: no "dynamic" flag.
+		o.dnats[fa] = &nftables.Set{
+			Table: t, Name: fa.dnatMap, KeyType: fa.keyType, IsMap: true, DataType: fa.dnatType,
+			HasTimeout: true, Size: pinSetSize,
+		}
+		o.snats[fa] = &nftables.Set{
+			Table: t, Name: fa.snatMap, KeyType: fa.keyType, IsMap: true, DataType: fa.addrType,
+			HasTimeout: true, Size: pinSetSize,
+		}
 	}
 	return o
 }
 
-// add queues the table, its sets, chain and rules on c (no Flush).
+// sets returns every set and map of the table in creation (and listing) order.
+func (o *objects) sets() []*nftables.Set {
+	s := []*nftables.Set{o.ports}
+	for _, m := range []map[*family]*nftables.Set{o.pins, o.natPins, o.dnats, o.snats} {
+		for _, fa := range families {
+			s = append(s, m[fa])
+		}
+	}
+	return s
+}
+
+// add queues the table, its sets, chains and rules on c (no Flush).
 func (o *objects) add(c *nftables.Conn, cfg Config) error {
 	c.AddTable(o.table)
 	var ports []nftables.SetElement
@@ -197,35 +311,49 @@ func (o *objects) add(c *nftables.Conn, cfg Config) error {
 			ports = append(ports, nftables.SetElement{Key: binaryutil.BigEndian.PutUint16(p)})
 		}
 	}
-	if err := c.AddSet(o.ports, ports); err != nil {
-		return err
-	}
-	for _, fa := range families {
-		if err := c.AddSet(o.pins[fa], nil); err != nil {
+	for _, set := range o.sets() {
+		var elems []nftables.SetElement
+		if set == o.ports {
+			elems = ports
+		}
+		if err := c.AddSet(set, elems); err != nil {
 			return err
 		}
 	}
-	c.AddChain(o.chain)
-	for _, r := range o.ruleExprs(cfg) {
-		c.AddRule(&nftables.Rule{Table: o.table, Chain: o.chain, Exprs: r})
+	for _, ch := range []*nftables.Chain{o.chain, o.natPre, o.natPost} {
+		c.AddChain(ch)
+		for _, r := range o.ruleExprs(cfg, ch) {
+			c.AddRule(&nftables.Rule{Table: o.table, Chain: ch, Exprs: r})
+		}
 	}
 	return nil
 }
 
-// ruleExprs returns the rules of the prerouting chain, in order.
-func (o *objects) ruleExprs(cfg Config) [][]expr.Any {
+// ruleExprs returns the rules of chain ch, in order.
+func (o *objects) ruleExprs(cfg Config, ch *nftables.Chain) [][]expr.Any {
 	var rules [][]expr.Any
-	if cfg.Intercept {
-		rules = append(rules, returnRuleExprs(cfg))
-		if cfg.interceptV4() {
-			rules = append(rules, tproxyRuleExprs(cfg, &fam4, o.ports, cfg.TProxy4))
+	switch ch {
+	case o.chain:
+		if cfg.Intercept {
+			rules = append(rules, returnRuleExprs(cfg))
+			if cfg.interceptV4() {
+				rules = append(rules, tproxyRuleExprs(cfg, &fam4, o.ports, cfg.TProxy4))
+			}
+			if cfg.interceptV6() {
+				rules = append(rules, tproxyRuleExprs(cfg, &fam6, o.ports, cfg.TProxy6))
+			}
 		}
-		if cfg.interceptV6() {
-			rules = append(rules, tproxyRuleExprs(cfg, &fam6, o.ports, cfg.TProxy6))
+		for _, fa := range families {
+			rules = append(rules, pinRuleExprs(cfg, fa, o.pins[fa]))
 		}
-	}
-	for _, fa := range families {
-		rules = append(rules, pinRuleExprs(cfg, fa, o.pins[fa]))
+	case o.natPre:
+		for _, fa := range families {
+			rules = append(rules, dnatRuleExprs(cfg, fa, o.natPins[fa], o.dnats[fa]))
+		}
+	case o.natPost:
+		for _, fa := range families {
+			rules = append(rules, snatRuleExprs(fa, o.snats[fa]))
+		}
 	}
 	return rules
 }

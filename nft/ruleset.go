@@ -40,6 +40,33 @@ func Ruleset(cfg Config) string {
 		w("\t\tflags dynamic,timeout")
 		w("\t}")
 	}
+	for _, fa := range families {
+		w("")
+		w("\t# one-shot NAT pinholes: the key admits one connection, translated with @%s and @%s", fa.dnatMap, fa.snatMap)
+		w("\tset %s {", fa.natSet)
+		w("\t\ttype %s", fa.keyType.Name)
+		w("\t\tsize %d", pinSetSize)
+		w("\t\tflags dynamic,timeout")
+		w("\t}")
+	}
+	for _, fa := range families {
+		w("")
+		w("\t# NAT pinholes: where the connection goes (address . port)")
+		w("\tmap %s {", fa.dnatMap)
+		w("\t\ttype %s : %s", fa.keyType.Name, fa.dnatType.Name)
+		w("\t\tsize %d", pinSetSize)
+		w("\t\tflags timeout")
+		w("\t}")
+	}
+	for _, fa := range families {
+		w("")
+		w("\t# NAT pinholes: the source address it gets, keyed by its original tuple")
+		w("\tmap %s {", fa.snatMap)
+		w("\t\ttype %s : %s", fa.keyType.Name, fa.addrType.Name)
+		w("\t\tsize %d", pinSetSize)
+		w("\t\tflags timeout")
+		w("\t}")
+	}
 	w("")
 	w("\tchain %s {", chainPrerouting)
 	w("\t\ttype filter hook prerouting priority mangle; policy accept;")
@@ -58,13 +85,28 @@ func Ruleset(cfg Config) string {
 	}
 	w("\t\t# data connections through a pinhole: consume the element, mark the connection")
 	for _, fa := range families {
-		ip := "ip"
-		if fa == &fam6 {
-			ip = "ip6"
-		}
-		key := fmt.Sprintf("%[1]s saddr . %[1]s daddr . tcp dport", ip)
+		key := fmt.Sprintf("%[1]s saddr . %[1]s daddr . tcp dport", fa.ip)
 		w("\t\tct state new meta nfproto %s meta l4proto tcp %s @%s delete @%s { %s } %s",
 			fa.name, key, fa.pinSet, fa.pinSet, key, ctSet)
+	}
+	w("\t}")
+	w("")
+	w("\tchain %s {", chainNATPre)
+	w("\t\ttype nat hook prerouting priority dstnat; policy accept;")
+	w("\t\t# data connections through a NAT pinhole: consume the key, mark the connection, DNAT it")
+	for _, fa := range families {
+		key := fmt.Sprintf("%[1]s saddr . %[1]s daddr . tcp dport", fa.ip)
+		w("\t\tct state new meta nfproto %s meta l4proto tcp %s @%s delete @%s { %s } %s dnat %s to %s map @%s",
+			fa.name, key, fa.natSet, fa.natSet, key, ctSet, fa.ip, key, fa.dnatMap)
+	}
+	w("\t}")
+	w("")
+	w("\tchain %s {", chainNATPost)
+	w("\t\ttype nat hook postrouting priority srcnat; policy accept;")
+	w("\t\t# and SNAT it if its pinhole says so")
+	for _, fa := range families {
+		w("\t\tmeta nfproto %s meta l4proto tcp ct status dnat snat %s to %[2]s saddr . ct original %[2]s daddr . ct original proto-dst map @%s",
+			fa.name, fa.ip, fa.snatMap)
 	}
 	w("\t}")
 	w("}")

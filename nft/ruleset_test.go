@@ -25,6 +25,19 @@ func TestRulesetText(t *testing.T) {
 		"meta nfproto ipv6 meta l4proto tcp tcp dport @intercept_ports ct mark set ct mark & 0xfffffeff | 0x00000100 meta mark set 0x1 tproxy ip6 to [::1]:2121 accept",
 		"ct state new meta nfproto ipv4 meta l4proto tcp ip saddr . ip daddr . tcp dport @pin4 delete @pin4 { ip saddr . ip daddr . tcp dport } ct mark set",
 		"ct state new meta nfproto ipv6 meta l4proto tcp ip6 saddr . ip6 daddr . tcp dport @pin6 delete @pin6 { ip6 saddr . ip6 daddr . tcp dport } ct mark set",
+		"set natpin4 {",
+		"map dnat4 {",
+		"type ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service",
+		"map snat6 {",
+		"type ipv6_addr . ipv6_addr . inet_service : ipv6_addr",
+		"chain nat_prerouting {",
+		"type nat hook prerouting priority dstnat; policy accept;",
+		"ct state new meta nfproto ipv4 meta l4proto tcp ip saddr . ip daddr . tcp dport @natpin4 delete @natpin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark & 0xfffffeff | 0x00000100 dnat ip to ip saddr . ip daddr . tcp dport map @dnat4",
+		"dnat ip6 to ip6 saddr . ip6 daddr . tcp dport map @dnat6",
+		"chain nat_postrouting {",
+		"type nat hook postrouting priority srcnat; policy accept;",
+		"meta nfproto ipv4 meta l4proto tcp ct status dnat snat ip to ip saddr . ct original ip daddr . ct original proto-dst map @snat4",
+		"snat ip6 to ip6 saddr . ct original ip6 daddr . ct original proto-dst map @snat6",
 		"ip -4 rule add fwmark 0x1 lookup 100",
 		"ip -6 route replace local ::/0 dev lo table 100",
 		"ct mark & 0x100 == 0x100 accept",
@@ -34,6 +47,9 @@ func TestRulesetText(t *testing.T) {
 		}
 	}
 	plain := Ruleset(Config{})
+	if !strings.Contains(plain, "chain nat_prerouting {") || !strings.Contains(plain, "map @snat4") {
+		t.Errorf("Ruleset without Intercept lacks the NAT chains (reverse mode needs them):\n%s", plain)
+	}
 	if strings.Contains(plain, "tproxy") || strings.Contains(plain, "socket transparent") || strings.Contains(plain, "ip rule") {
 		t.Errorf("Ruleset without Intercept has interception:\n%s", plain)
 	}
