@@ -1,0 +1,1414 @@
+package e2e
+
+// The performance comparison behind `make bench`: ftpgate against the
+// kernel's own FTP helper (nf_conntrack_ftp, `ct helper` type "ftp"), side by
+// side, in one lab, alternating the setups round after round so that machine
+// noise hits all of them alike.
+//
+// Setups (one lab, reconfigured between visits; conntrack flushed each time):
+//
+//	routed       routing only, no host firewall at all
+//	helper       the default-drop host ruleset + `ct helper set "ftp-std"` on port 21
+//	transparent  the default-drop host ruleset (with the ct-mark line) + ftpgate run
+//	reverse      the reverse-mode host ruleset + ftpgate run --mode reverse; clients
+//	             connect to the gateway's client-side address
+//
+// Each visit: a warm-up, then N sessions (login, PASV/EPSV/PORT/EPRT round
+// robin, RETR of a 4 KiB file, QUIT; IPv4) at each concurrency level, then one
+// RETR of a 1 GiB sparse file spliced to /dev/null. ftpgate's CPU time comes
+// from /proc/<pid>/stat, its pinhole-open latency from its histogram.
+// Afterwards: RSS per idle control session (10,000 of them, through ftpgate
+// to a tiny in-process server) and the nft package's BenchmarkPinholeChurn.
+//
+// Nothing here asserts a time: the figures are printed with their targets and
+// PASS/MISS, and written as JSON to bench/results/. It runs only with
+// FTPGATE_BENCH=1 (see bench/README.md for the knobs).
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Setup names, in the order of the issue: (a) .. (d).
+const (
+	setupRouted      = "routed"
+	setupHelper      = "helper"
+	setupTransparent = "transparent"
+	setupReverse     = "reverse"
+)
+
+var allSetups = []string{setupRouted, setupHelper, setupTransparent, setupReverse}
+
+var setupTitle = map[string]string{
+	setupRouted:      "(a) routed, no firewall",
+	setupHelper:      "(b) kernel ct helper ftp",
+	setupTransparent: "(c) ftpgate transparent",
+	setupReverse:     "(d) ftpgate reverse",
+}
+
+// Targets of the issue.
+const (
+	targetRateRatio     = 0.95     // sessions/s ftpgate / helper >=
+	targetLatRatio      = 1.10     // p50, p99 ftpgate / helper <=
+	targetThruRatio     = 0.98     // 1 GiB MiB/s ftpgate / helper >=
+	targetCPUPerSession = 100e-6   // seconds <=
+	targetPinholeP99    = 1e-3     // seconds <=
+	targetChurn         = 5000     // pinholes/s >=
+	targetIdleBytes     = 32 << 10 // bytes per idle session <=
+)
+
+const benchFile = "bench-4k.bin"
+const benchBigFile = "bench-big.bin"
+
+// BenchConfig is what a run measured; every field has an env knob.
+type BenchConfig struct {
+	Rounds       int      `json:"rounds"`            // FTPGATE_BENCH_ROUNDS
+	Sessions     int      `json:"sessions_per_cell"` // FTPGATE_BENCH_SESSIONS
+	Concurrency  []int    `json:"concurrency"`       // FTPGATE_BENCH_CONCURRENCY
+	BigMiB       int      `json:"big_mib"`           // FTPGATE_BENCH_BIG_MIB (0: skip)
+	IdleSessions int      `json:"idle_sessions"`     // FTPGATE_BENCH_IDLE (0: skip)
+	ChurnTime    string   `json:"churn_benchtime"`   // FTPGATE_BENCH_CHURN ("0": skip)
+	Setups       []string `json:"setups"`            // FTPGATE_BENCH_SETUPS
+	CellMaxS     int      `json:"cell_max_s"`        // FTPGATE_BENCH_CELL_MAX: a cell stops taking sessions after this many seconds
+	BudgetS      int      `json:"budget_s"`          // FTPGATE_BENCH_BUDGET: no new round starts that would end after this many seconds
+	RoundsDone   int      `json:"rounds_done"`
+	Modes        []Mode   `json:"modes"`
+	Family       int      `json:"family"`
+	FileBytes    int      `json:"file_bytes"`
+}
+
+func benchEnvInt(name string, def int) int {
+	if v, err := strconv.Atoi(strings.TrimSpace(os.Getenv(name))); err == nil && v >= 0 {
+		return v
+	}
+	return def
+}
+
+func loadBenchConfig() BenchConfig {
+	c := BenchConfig{
+		Rounds:       max(1, benchEnvInt("FTPGATE_BENCH_ROUNDS", 3)),
+		Sessions:     max(1, benchEnvInt("FTPGATE_BENCH_SESSIONS", 300)),
+		CellMaxS:     max(1, benchEnvInt("FTPGATE_BENCH_CELL_MAX", 12)),
+		BudgetS:      max(1, benchEnvInt("FTPGATE_BENCH_BUDGET", 480)),
+		Concurrency:  []int{1, 8, 64},
+		BigMiB:       benchEnvInt("FTPGATE_BENCH_BIG_MIB", 1024),
+		IdleSessions: benchEnvInt("FTPGATE_BENCH_IDLE", 10000),
+		ChurnTime:    "3s",
+		Setups:       allSetups,
+		Modes:        Modes,
+		Family:       4,
+		FileBytes:    4096,
+	}
+	if v := os.Getenv("FTPGATE_BENCH_CONCURRENCY"); v != "" {
+		var cs []int
+		for _, f := range strings.Split(v, ",") {
+			if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+				cs = append(cs, n)
+			}
+		}
+		if len(cs) > 0 {
+			c.Concurrency = cs
+		}
+	}
+	if v := os.Getenv("FTPGATE_BENCH_CHURN"); v != "" {
+		c.ChurnTime = v
+	}
+	if v := os.Getenv("FTPGATE_BENCH_SETUPS"); v != "" {
+		var ss []string
+		for _, f := range strings.Split(v, ",") {
+			if f = strings.TrimSpace(f); slices.Contains(allSetups, f) {
+				ss = append(ss, f)
+			}
+		}
+		if len(ss) > 0 {
+			c.Setups = ss
+		}
+	}
+	return c
+}
+
+// ---------------------------------------------------------------- results
+
+// CellResult is one (setup, round, concurrency) measurement.
+type CellResult struct {
+	Setup       string  `json:"setup"`
+	Round       int     `json:"round"`
+	Concurrency int     `json:"concurrency"`
+	Sessions    int     `json:"sessions"` // completed successfully
+	Failed      int     `json:"failed"`
+	Seconds     float64 `json:"seconds"`
+	Rate        float64 `json:"sessions_per_s"`
+	P50ms       float64 `json:"p50_ms"`
+	P99ms       float64 `json:"p99_ms"`
+	FirstError  string  `json:"first_error,omitempty"`
+}
+
+// BigResult is one large RETR.
+type BigResult struct {
+	Setup   string  `json:"setup"`
+	Round   int     `json:"round"`
+	Bytes   int64   `json:"bytes"`
+	Seconds float64 `json:"seconds"`
+	MiBps   float64 `json:"mib_per_s"`
+	// ftpgate's own CPU during the transfer (the data must not pass through it).
+	DaemonCPUSeconds float64 `json:"daemon_cpu_s"`
+	Error            string  `json:"error,omitempty"`
+}
+
+// DaemonVisit is what ftpgate reported during one visit.
+type DaemonVisit struct {
+	Setup       string   `json:"setup"`
+	Round       int      `json:"round"`
+	Sessions    int      `json:"sessions"` // measured sessions (warm-up excluded)
+	CPUSeconds  float64  `json:"cpu_s"`    // user+sys over those sessions
+	CPUPerSessS float64  `json:"cpu_per_session_s"`
+	Buckets     []bucket `json:"pinhole_latency_buckets"`
+	Refusals    float64  `json:"refusals_firewall_error"`
+}
+
+type bucket struct {
+	LE    float64 `json:"le"` // +Inf as math.MaxFloat64
+	Count float64 `json:"count"`
+}
+
+// SummaryRow is one line of the session table: medians over rounds and the
+// median of the per-round ratios to the kernel helper (0: not available).
+type SummaryRow struct {
+	Setup       string  `json:"setup"`
+	Concurrency int     `json:"concurrency"`
+	Rate        float64 `json:"sessions_per_s"`
+	RateRatio   float64 `json:"sessions_per_s_ratio"`
+	P50ms       float64 `json:"p50_ms"`
+	P50Ratio    float64 `json:"p50_ratio"`
+	P50DeltaMs  float64 `json:"p50_delta_ms"` // median over rounds of p50 - helper's p50
+	P99ms       float64 `json:"p99_ms"`
+	P99Ratio    float64 `json:"p99_ratio"`
+	Failed      int     `json:"failed"`
+}
+
+// ThroughputRow summarises the large RETRs of a setup.
+type ThroughputRow struct {
+	Setup  string  `json:"setup"`
+	MiBps  float64 `json:"mib_per_s"`
+	Ratio  float64 `json:"ratio"`
+	Failed int     `json:"failed"`
+}
+
+// DaemonRow summarises ftpgate per mode.
+type DaemonRow struct {
+	Setup         string  `json:"setup"`
+	Sessions      int     `json:"sessions"`
+	CPUPerSessUs  float64 `json:"cpu_per_session_us"`
+	PinholeOpens  float64 `json:"pinhole_opens"`
+	PinholeP50us  float64 `json:"pinhole_open_p50_us"`
+	PinholeP99us  float64 `json:"pinhole_open_p99_us"`
+	PinholeP99Max float64 `json:"pinhole_open_p99_bucket_le_us"` // upper bound of the bucket holding p99
+	FirewallErrs  float64 `json:"firewall_errors"`
+}
+
+// IdleResult is the idle-session memory figure.
+type IdleResult struct {
+	Mode             string  `json:"mode"`
+	Sessions         int     `json:"sessions"`
+	Requested        int     `json:"requested"` // more than Sessions when RLIMIT_NOFILE capped it
+	RSSBeforeKiB     int64   `json:"rss_before_kib"`
+	RSSAfterKiB      int64   `json:"rss_after_kib"`
+	BytesPerSession  float64 `json:"rss_bytes_per_session"`
+	HeapPerSession   float64 `json:"heap_inuse_bytes_per_session"`
+	GoroutinesPerSes float64 `json:"goroutines_per_session"`
+	FDsPerSession    float64 `json:"fds_per_session"`
+	OpenSeconds      float64 `json:"open_seconds"`
+	Error            string  `json:"error,omitempty"`
+}
+
+// ChurnResult is BenchmarkPinholeChurn's outcome.
+type ChurnResult struct {
+	PinholesPerS float64 `json:"pinholes_per_s"`
+	NsPerOp      float64 `json:"ns_per_op"`
+	Output       string  `json:"output,omitempty"`
+	Error        string  `json:"error,omitempty"`
+}
+
+// Figure is one figure checked against its target (informational).
+type Figure struct {
+	Name   string  `json:"name"`
+	Setup  string  `json:"setup,omitempty"`
+	Value  float64 `json:"value"`
+	Unit   string  `json:"unit"`
+	Target string  `json:"target"`
+	Result string  `json:"result"` // PASS, MISS or n/a
+}
+
+// MachineInfo describes where the run happened.
+type MachineInfo struct {
+	Host      string `json:"host"`
+	NProc     int    `json:"nproc"`
+	Kernel    string `json:"kernel"`
+	CPU       string `json:"cpu"`
+	MemTotal  string `json:"mem_total"`
+	GoVersion string `json:"go_version"`
+	Commit    string `json:"commit,omitempty"`
+	// GetpidNs is the cost of one trivial system call here: ftpgate's CPU per
+	// session is mostly system calls, so it scales with this (bare metal:
+	// ~50-100 ns; nested or paravirtualised VMs: 10-30x that).
+	GetpidNs float64 `json:"getpid_ns"`
+}
+
+// BenchReport is the JSON written to bench/results/.
+type BenchReport struct {
+	Started    time.Time         `json:"started"`
+	LoadStart  string            `json:"loadavg_start"` // /proc/loadavg: other work on the machine adds noise
+	LoadEnd    string            `json:"loadavg_end"`
+	Seconds    float64           `json:"seconds"`
+	Machine    MachineInfo       `json:"machine"`
+	Config     BenchConfig       `json:"config"`
+	Sessions   []SummaryRow      `json:"sessions"`
+	Throughput []ThroughputRow   `json:"throughput"`
+	Daemon     []DaemonRow       `json:"daemon"`
+	Idle       *IdleResult       `json:"idle,omitempty"`
+	Churn      *ChurnResult      `json:"churn,omitempty"`
+	Figures    []Figure          `json:"figures"`
+	Skipped    map[string]string `json:"skipped_setups,omitempty"`
+	Cells      []CellResult      `json:"raw_cells"`
+	Big        []BigResult       `json:"raw_big"`
+	Visits     []DaemonVisit     `json:"raw_daemon"`
+	Table      string            `json:"table"`
+}
+
+// ---------------------------------------------------------------- the test
+
+func TestBenchCompare(t *testing.T) {
+	if os.Getenv("FTPGATE_BENCH") != "1" {
+		t.Skip("benchmark comparison: set FTPGATE_BENCH=1 (make bench)")
+	}
+	requireLabEnv(t)
+	requireFtpgate(t)
+	cfg := loadBenchConfig()
+	b := &benchRun{t: t, cfg: cfg, rep: &BenchReport{Started: time.Now(), Config: cfg, Machine: machineInfo(),
+		Skipped: map[string]string{}, LoadStart: loadavg()}}
+	b.logf("machine: %s, %d CPUs, kernel %s, %s, getpid %.0f ns, load %s", b.rep.Machine.CPU, b.rep.Machine.NProc,
+		b.rep.Machine.Kernel, b.rep.Machine.GoVersion, b.rep.Machine.GetpidNs, b.rep.LoadStart)
+	b.logf("config: %d rounds x setups %v x concurrency %v, %d sessions per cell, big file %d MiB, %d idle sessions, churn %s",
+		cfg.Rounds, cfg.Setups, cfg.Concurrency, cfg.Sessions, cfg.BigMiB, cfg.IdleSessions, cfg.ChurnTime)
+
+	b.newLab()
+	budget := time.Duration(cfg.BudgetS) * time.Second
+	var lastRound time.Duration
+	for r := 0; r < cfg.Rounds; r++ {
+		if r > 0 && time.Since(b.rep.Started)+lastRound > budget {
+			b.logf("time budget (%v, FTPGATE_BENCH_BUDGET) would be exceeded: stopping after %d of %d rounds", budget, r, cfg.Rounds)
+			break
+		}
+		roundStart := time.Now()
+		// Rotate the order each round: every setup runs early and late.
+		order := make([]string, 0, len(b.setups))
+		for i := range b.setups {
+			order = append(order, b.setups[(i+r)%len(b.setups)])
+		}
+		b.logf("round %d/%d: %v", r+1, cfg.Rounds, order)
+		for _, s := range order {
+			b.visit(s, r)
+		}
+		lastRound = time.Since(roundStart)
+		b.rep.Config.RoundsDone = r + 1
+	}
+	b.stopLab()
+
+	if cfg.IdleSessions > 0 {
+		b.rep.Idle = b.idleMemory(cfg.IdleSessions)
+	}
+	if cfg.ChurnTime != "0" && cfg.ChurnTime != "" {
+		b.rep.Churn = b.churn(cfg.ChurnTime)
+	}
+	b.rep.LoadEnd = loadavg()
+	b.summarise()
+	b.rep.Seconds = time.Since(b.rep.Started).Seconds()
+	b.rep.Table = b.table()
+	fmt.Print("\n" + b.rep.Table)
+	b.writeJSON()
+}
+
+type benchRun struct {
+	t   *testing.T
+	cfg BenchConfig
+	rep *BenchReport
+
+	lab    *Lab
+	srv    *Vsftpd
+	setups []string // cfg.Setups minus the unavailable ones
+	gate   *Gate    // ftpgate of the current visit, if any
+}
+
+func (b *benchRun) logf(format string, args ...any) {
+	b.t.Helper()
+	b.t.Logf("bench %s: "+format, append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func (b *benchRun) newLab() {
+	t := b.t
+	l := NewLab(t)
+	b.lab = l
+	b.setups = nil
+	for _, s := range b.cfg.Setups {
+		if s == setupHelper {
+			check := filepath.Join(l.Dir, "helper-check.nft")
+			os.WriteFile(check, []byte(HostRuleset(HostFirewallOpts{CtMarkLine: true, KernelHelper: true})), 0o600)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			out, err := l.Gateway.Cmd(ctx, "nft", "-c", "-f", check).CombinedOutput()
+			cancel()
+			if err != nil {
+				b.rep.Skipped[s] = fmt.Sprintf("kernel FTP helper not usable: %v: %s", err, strings.TrimSpace(string(out)))
+				b.logf("skipping %s: %s", s, b.rep.Skipped[s])
+				continue
+			}
+		}
+		b.setups = append(b.setups, s)
+	}
+	b.srv = l.StartVsftpd(t)
+	// Protocol logging is a debugging aid that costs vsftpd a write per
+	// line; transfers are still logged (xferlog).
+	RestartVsftpd(t, l, b.srv, "log_ftp_protocol=NO")
+	payload := make([]byte, b.cfg.FileBytes)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(filepath.Join(b.srv.Root, benchFile), payload, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b.cfg.BigMiB > 0 {
+		// Sparse: no disk, and vsftpd sendfile()s page-cache zero pages.
+		f, err := os.OpenFile(filepath.Join(b.srv.Root, benchBigFile), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Truncate(int64(b.cfg.BigMiB) << 20); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		// Read it once, so that no setup pays for filling the page cache.
+		if f, err := os.Open(filepath.Join(b.srv.Root, benchBigFile)); err == nil {
+			io.Copy(io.Discard, f)
+			f.Close()
+		}
+	}
+}
+
+// stopLab stops vsftpd early (the lab itself goes in t.Cleanup) so that the
+// idle-memory lab does not compete with it.
+func (b *benchRun) stopLab() {
+	if b.srv != nil {
+		_ = b.srv.Daemon.Stop(3 * time.Second)
+	}
+}
+
+// configure puts the lab's gateway into setup s and returns the address
+// clients connect to.
+func (b *benchRun) configure(s string) netip.Addr {
+	t, l := b.t, b.lab
+	// Forget the previous setup: its table, its ftpgate, its conntrack state.
+	l.Nft(t, "host.nft", "table inet host\ndelete table inet host\n")
+	b.flushConntrack()
+	target := l.ServerIP4
+	switch s {
+	case setupHelper:
+		l.HostFirewallWith(t, HostFirewallOpts{CtMarkLine: true, KernelHelper: true})
+	case setupTransparent:
+		l.HostFirewall(t, true)
+		b.gate = l.StartFtpgate(t, "--log-level", "warn", "--max-sessions-per-client", "4096", "--max-sessions", "8192")
+	case setupReverse:
+		l.Nft(t, "host.nft", ReverseHostRuleset)
+		b.gate = l.StartFtpgate(t, "--log-level", "warn", "--max-sessions-per-client", "4096", "--max-sessions", "8192",
+			"--mode", "reverse",
+			"--listen", netip.AddrPortFrom(l.GwClientIP4, 21).String(),
+			"--upstream", netip.AddrPortFrom(l.ServerIP4, 21).String(),
+			"--passive-ports", "50000-50999")
+		target = l.GwClientIP4
+	}
+	return target
+}
+
+func (b *benchRun) flushConntrack() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = b.lab.Gateway.Cmd(ctx, "conntrack", "-F").Run()
+}
+
+func (b *benchRun) unconfigure() {
+	if b.gate == nil {
+		return
+	}
+	if err := b.gate.Stop(10 * time.Second); err != nil && b.gate.Running() {
+		b.t.Fatalf("stopping ftpgate: %v", err)
+	}
+	if !waitFor(5*time.Second, func() bool { return !b.lab.hasFtpgateTable(b.t) }) {
+		b.t.Fatalf("ftpgate table still there after stop")
+	}
+	b.gate = nil
+}
+
+// visit measures setup s once.
+func (b *benchRun) visit(s string, round int) {
+	target := b.configure(s)
+	defer b.unconfigure()
+	l := b.lab
+
+	// Warm-up: caches, vsftpd's first forks, ftpgate's heap and goroutine pool.
+	warm := b.runCell(s, round, target, min(8, slices.Max(b.cfg.Concurrency)), 4*min(8, slices.Max(b.cfg.Concurrency)))
+	if warm.Failed > 0 {
+		b.logf("%-12s warm-up: %d failed: %s", s, warm.Failed, warm.FirstError)
+	}
+
+	var pid int
+	var cpu0 float64
+	if b.gate != nil {
+		pid = b.gate.Cmd.Process.Pid
+		cpu0 = procCPUSeconds(pid)
+	}
+	sessions := 0
+	for _, c := range b.cfg.Concurrency {
+		res := b.runCell(s, round, target, c, b.cfg.Sessions)
+		b.rep.Cells = append(b.rep.Cells, res)
+		sessions += res.Sessions + res.Failed
+		msg := ""
+		if res.Failed > 0 {
+			msg = fmt.Sprintf("  %d FAILED, first: %s", res.Failed, res.FirstError)
+		}
+		b.logf("%-12s r%d c=%-3d %7.1f sessions/s  p50 %6.2f ms  p99 %7.2f ms%s", s, round+1, c, res.Rate, res.P50ms, res.P99ms, msg)
+	}
+	if b.gate != nil {
+		cpu := procCPUSeconds(pid) - cpu0
+		v := DaemonVisit{Setup: s, Round: round, Sessions: sessions, CPUSeconds: cpu}
+		if sessions > 0 {
+			v.CPUPerSessS = cpu / float64(sessions)
+		}
+		metrics := b.gate.Metrics(b.t)
+		v.Buckets = parseBuckets(metrics, "ftpgate_pinhole_open_latency_seconds_bucket")
+		v.Refusals = metricValue(metrics, `ftpgate_refusals_total{reason="firewall_error"}`)
+		b.rep.Visits = append(b.rep.Visits, v)
+		b.logf("%-12s r%d ftpgate CPU %.3f s over %d sessions = %.1f µs/session", s, round+1, cpu, sessions, 1e6*v.CPUPerSessS)
+	}
+
+	if b.cfg.BigMiB > 0 {
+		var cpu0 float64
+		if pid != 0 {
+			cpu0 = procCPUSeconds(pid)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		d, n, err := benchBigGet(ctx, l.Client, target, benchBigFile)
+		cancel()
+		r := BigResult{Setup: s, Round: round, Bytes: n, Seconds: d.Seconds()}
+		if pid != 0 {
+			r.DaemonCPUSeconds = procCPUSeconds(pid) - cpu0
+		}
+		want := int64(b.cfg.BigMiB) << 20
+		if err == nil && n != want {
+			err = fmt.Errorf("got %d bytes, want %d", n, want)
+		}
+		if err != nil {
+			r.Error = err.Error()
+			b.logf("%-12s r%d big RETR FAILED: %v", s, round+1, err)
+		} else {
+			r.MiBps = float64(n) / (1 << 20) / d.Seconds()
+			b.logf("%-12s r%d %d MiB RETR in %.2f s = %.0f MiB/s (ftpgate CPU %.3f s)", s, round+1, b.cfg.BigMiB, d.Seconds(), r.MiBps, r.DaemonCPUSeconds)
+		}
+		b.rep.Big = append(b.rep.Big, r)
+	}
+}
+
+// combos are the (mode, family) pairs sessions cycle through.
+func (b *benchRun) combos() []Mode { return b.cfg.Modes }
+
+// runCell runs n sessions, c at a time, and times each.
+func (b *benchRun) runCell(s string, round int, target netip.Addr, c, n int) CellResult {
+	l := b.lab
+	modes := b.combos()
+	durs := make([]time.Duration, n)
+	ok := make([]bool, n)
+	var next atomic.Int64
+	var failed atomic.Int64
+	var firstErr string
+	var errOnce sync.Once
+	// Bounded: a cell never runs longer than this, whatever happens.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	stopAt := start.Add(time.Duration(b.cfg.CellMaxS) * time.Second)
+	var wg sync.WaitGroup
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				if time.Now().After(stopAt) {
+					return // the cell's time is up: rate over what completed
+				}
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				m := modes[i%len(modes)]
+				sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+				t0 := time.Now()
+				got, err := miniFTP(sctx, l.Client, l.ClientIP4, target, benchFile, m)
+				d := time.Since(t0)
+				scancel()
+				if err == nil && len(got) != b.cfg.FileBytes {
+					err = fmt.Errorf("got %d bytes, want %d", len(got), b.cfg.FileBytes)
+				}
+				if err != nil {
+					failed.Add(1)
+					errOnce.Do(func() { firstErr = fmt.Sprintf("%s: %v", m, err) })
+					continue
+				}
+				durs[i], ok[i] = d, true
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var good []time.Duration
+	for i := range durs {
+		if ok[i] {
+			good = append(good, durs[i])
+		}
+	}
+	slices.Sort(good)
+	res := CellResult{Setup: s, Round: round, Concurrency: c, Sessions: len(good), Failed: int(failed.Load()),
+		Seconds: elapsed.Seconds(), FirstError: firstErr}
+	if len(good) > 0 {
+		res.Rate = float64(len(good)) / elapsed.Seconds()
+		res.P50ms = durQuantile(good, 0.50).Seconds() * 1e3
+		res.P99ms = durQuantile(good, 0.99).Seconds() * 1e3
+	}
+	return res
+}
+
+// durQuantile is the nearest-rank quantile of sorted durations.
+func durQuantile(sorted []time.Duration, q float64) time.Duration {
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// benchBigGet downloads file in PASV mode and splices the data to /dev/null
+// (it never enters this process's memory). It returns the time from sending
+// RETR to the end of the data, and the byte count.
+func benchBigGet(ctx context.Context, ns *NS, server netip.Addr, file string) (time.Duration, int64, error) {
+	c, err := ns.DialContext(ctx, "tcp", netip.AddrPortFrom(server, 21).String())
+	if err != nil {
+		return 0, 0, fmt.Errorf("control: %w", err)
+	}
+	defer c.Close()
+	deadline, _ := ctx.Deadline()
+	c.SetDeadline(deadline)
+	ctl := &benchCtl{c: c, r: bufio.NewReader(c)}
+	if _, err := ctl.cmd("", "220"); err != nil {
+		return 0, 0, err
+	}
+	if rep, err := ctl.cmd("USER anonymous", ""); err != nil {
+		return 0, 0, err
+	} else if strings.HasPrefix(rep, "331") {
+		if _, err := ctl.cmd("PASS bench@", "230"); err != nil {
+			return 0, 0, err
+		}
+	}
+	if _, err := ctl.cmd("TYPE I", "200"); err != nil {
+		return 0, 0, err
+	}
+	rep, err := ctl.cmd("PASV", "227")
+	if err != nil {
+		return 0, 0, err
+	}
+	m := re227.FindStringSubmatch(rep)
+	if m == nil {
+		return 0, 0, fmt.Errorf("bad 227 %q", rep)
+	}
+	var a [6]byte
+	for i := range a {
+		n, _ := strconv.Atoi(m[i+1])
+		a[i] = byte(n)
+	}
+	ap := netip.AddrPortFrom(netip.AddrFrom4([4]byte(a[:4])), uint16(a[4])<<8|uint16(a[5]))
+	data, err := ns.DialContext(ctx, "tcp", ap.String())
+	if err != nil {
+		return 0, 0, fmt.Errorf("data connect %s: %w", ap, err)
+	}
+	defer data.Close()
+	data.SetDeadline(deadline)
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer devnull.Close()
+	start := time.Now()
+	if _, err := ctl.cmd("RETR "+file, "150"); err != nil {
+		return 0, 0, err
+	}
+	// *os.File.ReadFrom splices from the TCP socket: zero copy.
+	n, err := io.Copy(devnull, data)
+	d := time.Since(start)
+	if err != nil {
+		return d, n, fmt.Errorf("data: %w", err)
+	}
+	if _, err := ctl.cmd("", "226"); err != nil {
+		return d, n, err
+	}
+	ctl.cmd("QUIT", "221")
+	return d, n, nil
+}
+
+// benchCtl is a minimal control connection returning errors (no testing.T).
+type benchCtl struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func (b *benchCtl) cmd(line, want string) (string, error) {
+	if line != "" {
+		if _, err := b.c.Write([]byte(line + "\r\n")); err != nil {
+			return "", err
+		}
+	}
+	for {
+		l, err := b.r.ReadString('\n')
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", line, err)
+		}
+		if len(l) >= 4 && l[3] == ' ' {
+			l = strings.TrimRight(l, "\r\n")
+			if !strings.HasPrefix(l, want) {
+				return l, fmt.Errorf("%s: got %q, want %s", line, l, want)
+			}
+			return l, nil
+		}
+	}
+}
+
+// ---------------------------------------------------------------- /proc
+
+// procCPUSeconds returns utime+stime of pid (all threads) in seconds.
+func procCPUSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state): utime is field 14, stime field 15.
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	const userHZ = 100 // USER_HZ: 100 on every Linux architecture Go supports
+	return (ut + st) / userHZ
+}
+
+// procStatusKiB returns a "VmXxx:" value of /proc/<pid>/status in KiB.
+func procStatusKiB(pid int, key string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, key+":"); ok {
+			f := strings.Fields(rest)
+			if len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+// ---------------------------------------------------------------- metrics text
+
+var bucketRe = regexp.MustCompile(`le="([^"]+)"\}\s+(\S+)`)
+
+// parseBuckets reads the cumulative buckets of a histogram from /metrics text.
+func parseBuckets(text, name string) []bucket {
+	var out []bucket
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		m := bucketRe.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		le := math.MaxFloat64
+		if m[1] != "+Inf" {
+			le, _ = strconv.ParseFloat(m[1], 64)
+		}
+		c, _ := strconv.ParseFloat(m[2], 64)
+		out = append(out, bucket{LE: le, Count: c})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].LE < out[j].LE })
+	return out
+}
+
+// metricValue returns a series' value from /metrics text (0 if absent).
+func metricValue(text, series string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			v, _ := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			return v
+		}
+	}
+	return 0
+}
+
+// bucketQuantile is Prometheus' histogram_quantile over cumulative buckets;
+// it also returns the upper bound of the bucket the quantile falls in.
+func bucketQuantile(bs []bucket, q float64) (v, le float64) {
+	if len(bs) == 0 || bs[len(bs)-1].Count == 0 {
+		return 0, 0
+	}
+	total := bs[len(bs)-1].Count
+	rank := q * total
+	prevLE, prevCount := 0.0, 0.0
+	for _, b := range bs {
+		if b.Count >= rank {
+			if b.LE == math.MaxFloat64 {
+				return prevLE, b.LE
+			}
+			if b.Count == prevCount {
+				return b.LE, b.LE
+			}
+			return prevLE + (b.LE-prevLE)*(rank-prevCount)/(b.Count-prevCount), b.LE
+		}
+		prevLE, prevCount = b.LE, b.Count
+	}
+	return prevLE, prevLE
+}
+
+// addBuckets sums cumulative bucket counts of identical layouts.
+func addBuckets(sum, add []bucket) []bucket {
+	if sum == nil {
+		return append([]bucket(nil), add...)
+	}
+	for i := range sum {
+		if i < len(add) && add[i].LE == sum[i].LE {
+			sum[i].Count += add[i].Count
+		}
+	}
+	return sum
+}
+
+// ---------------------------------------------------------------- idle memory
+
+// idleServer greets and then holds every connection until closed.
+type idleServer struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	n     atomic.Int64
+}
+
+func startIdleServer(t *testing.T, l *Lab) *idleServer {
+	t.Helper()
+	s := &idleServer{}
+	if err := l.Server.Do(func() error {
+		var err error
+		s.ln, err = net.Listen("tcp", ":21")
+		return err
+	}); err != nil {
+		t.Fatalf("idle server: %v", err)
+	}
+	go func() {
+		for {
+			c, err := s.ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns = append(s.conns, c)
+			s.mu.Unlock()
+			s.n.Add(1)
+			go func() {
+				c.Write([]byte("220 idle bench server\r\n"))
+				io.Copy(io.Discard, c) // until the peer or close() ends it
+				c.Close()
+			}()
+		}
+	}()
+	t.Cleanup(s.close)
+	return s
+}
+
+func (s *idleServer) close() {
+	s.ln.Close()
+	s.mu.Lock()
+	for _, c := range s.conns {
+		c.Close()
+	}
+	s.conns = nil
+	s.mu.Unlock()
+}
+
+// raiseNoFile raises RLIMIT_NOFILE of this process (and so of the daemons it
+// starts from now on) towards n and returns the soft limit in force; the old
+// limit is restored in t.Cleanup. Raising the hard limit needs
+// CAP_SYS_RESOURCE, which a container may not grant: then the soft limit goes
+// up to the hard one only.
+func raiseNoFile(t *testing.T, n uint64) uint64 {
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatalf("getrlimit: %v", err)
+	}
+	if old.Cur >= n {
+		return old.Cur
+	}
+	t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
+	lim := syscall.Rlimit{Cur: n, Max: max(old.Max, n)}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil {
+		return n
+	}
+	lim = syscall.Rlimit{Cur: old.Max, Max: old.Max}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatalf("setrlimit NOFILE %d: %v", old.Max, err)
+	}
+	return old.Max
+}
+
+func (b *benchRun) idleMemory(n int) *IdleResult {
+	t := b.t
+	requested := n
+	// This process holds both ends' sockets outside ftpgate (client and
+	// server: 2 per session), ftpgate its two.
+	if lim := raiseNoFile(t, uint64(2*n+1024)); uint64(2*n+1024) > lim {
+		capped := int(lim-1024) / 2
+		b.logf("idle: RLIMIT_NOFILE is %d and cannot be raised (no CAP_SYS_RESOURCE?): %d sessions instead of %d", lim, capped, n)
+		n = capped
+	}
+	b.logf("idle: %d control sessions through ftpgate (transparent) to an in-process server", n)
+	l := NewLab(t)
+	l.HostFirewall(t, true)
+	srv := startIdleServer(t, l)
+	g := l.StartFtpgate(t, "--log-level", "warn",
+		"--max-sessions", strconv.Itoa(2*n), "--max-sessions-per-client", strconv.Itoa(2*n))
+	pid := g.Cmd.Process.Pid
+	res := &IdleResult{Mode: "transparent", Sessions: n, Requested: requested}
+
+	open := func(count, parallel int) ([]net.Conn, error) {
+		conns := make([]net.Conn, count)
+		var next atomic.Int64
+		var firstErr error
+		var errOnce sync.Once
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		var wg sync.WaitGroup
+		for range parallel {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					i := int(next.Add(1) - 1)
+					if i >= count || ctx.Err() != nil {
+						return
+					}
+					err := func() error {
+						dctx, dcancel := context.WithTimeout(ctx, 15*time.Second)
+						defer dcancel()
+						c, err := l.Client.DialContext(dctx, "tcp", netip.AddrPortFrom(l.ServerIP4, 21).String())
+						if err != nil {
+							return err
+						}
+						c.SetReadDeadline(time.Now().Add(15 * time.Second))
+						line, err := bufio.NewReader(c).ReadString('\n')
+						c.SetReadDeadline(time.Time{})
+						if err != nil || !strings.HasPrefix(line, "220") {
+							c.Close()
+							return fmt.Errorf("greeting %q: %v", line, err)
+						}
+						conns[i] = c
+						return nil
+					}()
+					if err != nil {
+						errOnce.Do(func() { firstErr = fmt.Errorf("connection %d: %w", i, err) })
+						cancel()
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return conns, firstErr
+	}
+	closeAll := func(conns []net.Conn) {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+	settle := func(want float64) bool {
+		return waitFor(30*time.Second, func() bool { return g.MetricSum(t, "ftpgate_sessions_active", nil) == want })
+	}
+
+	// Warm up: the first sessions grow the heap and the runtime's pools.
+	warm, err := open(200, 16)
+	closeAll(warm)
+	if err != nil {
+		res.Error = "warm-up: " + err.Error()
+		return res
+	}
+	settle(0)
+	time.Sleep(time.Second)
+	m0 := g.Metrics(t)
+	res.RSSBeforeKiB = procStatusKiB(pid, "VmRSS")
+	fd0 := openFDs(pid)
+
+	start := time.Now()
+	conns, err := open(n, 64)
+	res.OpenSeconds = time.Since(start).Seconds()
+	defer closeAll(conns)
+	if err != nil {
+		res.Error = err.Error()
+		b.logf("idle: FAILED: %v", err)
+		return res
+	}
+	if !settle(float64(n)) {
+		res.Error = fmt.Sprintf("sessions_active %v, want %d", g.MetricSum(t, "ftpgate_sessions_active", nil), n)
+	}
+	time.Sleep(2 * time.Second) // let ftpgate's goroutines park and the scavenger settle
+	m1 := g.Metrics(t)
+	res.RSSAfterKiB = procStatusKiB(pid, "VmRSS")
+	fd1 := openFDs(pid)
+	res.BytesPerSession = float64(res.RSSAfterKiB-res.RSSBeforeKiB) * 1024 / float64(n)
+	res.HeapPerSession = (metricValue(m1, "go_memstats_heap_inuse_bytes") - metricValue(m0, "go_memstats_heap_inuse_bytes")) / float64(n)
+	res.GoroutinesPerSes = (metricValue(m1, "go_goroutines") - metricValue(m0, "go_goroutines")) / float64(n)
+	res.FDsPerSession = float64(fd1-fd0) / float64(n)
+	b.logf("idle: %d sessions opened in %.1f s; ftpgate RSS %d -> %d KiB = %.0f B/session (heap in use %.0f B, %.1f goroutines, %.1f fds per session); server holds %d",
+		n, res.OpenSeconds, res.RSSBeforeKiB, res.RSSAfterKiB, res.BytesPerSession, res.HeapPerSession, res.GoroutinesPerSes, res.FDsPerSession, srv.n.Load()-200)
+
+	closeAll(conns)
+	conns = nil
+	if !settle(0) {
+		b.logf("idle: sessions still active after closing: %v", g.MetricSum(t, "ftpgate_sessions_active", nil))
+	}
+	_ = g.Stop(10 * time.Second)
+	srv.close()
+	return res
+}
+
+// ---------------------------------------------------------------- churn
+
+var (
+	churnRateRe = regexp.MustCompile(`([0-9.e+]+) pinholes/s`)
+	churnNsRe   = regexp.MustCompile(`([0-9.e+]+) ns/op`)
+)
+
+// churn runs the nft package's BenchmarkPinholeChurn (its own namespace).
+func (b *benchRun) churn(benchtime string) *ChurnResult {
+	b.logf("churn: go test -bench BenchmarkPinholeChurn -benchtime %s ./nft", benchtime)
+	goBin := os.Getenv("FTPGATE_BENCH_GO")
+	if goBin == "" {
+		goBin = "go"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	args := []string{"test", "-count=1", "-run", "^$", "-bench", "^BenchmarkPinholeChurn$", "-benchtime", benchtime}
+	if p := os.Getenv("FTPGATE_BENCH_CHURN_CPUPROFILE"); p != "" {
+		args = append(args, "-cpuprofile", p)
+	}
+	cmd := exec.CommandContext(ctx, goBin, append(args, "./nft")...)
+	cmd.Dir = ".."
+	out, err := cmd.CombinedOutput()
+	res := &ChurnResult{Output: strings.TrimSpace(string(out))}
+	if err != nil {
+		res.Error = err.Error()
+		b.logf("churn: FAILED: %v\n%s", err, out)
+		return res
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(line, "BenchmarkPinholeChurn") {
+			continue
+		}
+		if m := churnRateRe.FindStringSubmatch(line); m != nil {
+			res.PinholesPerS, _ = strconv.ParseFloat(m[1], 64)
+		}
+		if m := churnNsRe.FindStringSubmatch(line); m != nil {
+			res.NsPerOp, _ = strconv.ParseFloat(m[1], 64)
+		}
+		res.Output = strings.TrimSpace(line)
+	}
+	if res.PinholesPerS == 0 {
+		res.Error = "no pinholes/s in the benchmark output"
+	}
+	b.logf("churn: %.0f pinholes/s (%.0f ns per open+close)", res.PinholesPerS, res.NsPerOp)
+	return res
+}
+
+// ---------------------------------------------------------------- summary
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// pairedRatio is the median over rounds of value(setup, round) /
+// value(helper, same round); 0 when no round has both.
+func pairedRatio(vals, base map[int]float64) float64 {
+	var rs []float64
+	for r, v := range vals {
+		if bv, ok := base[r]; ok && bv > 0 && v > 0 {
+			rs = append(rs, v/bv)
+		}
+	}
+	return median(rs)
+}
+
+// pairedDelta is the median over rounds of value - helper's value in the
+// same round; 0 when no round has both.
+func pairedDelta(vals, base map[int]float64) float64 {
+	var ds []float64
+	for r, v := range vals {
+		if bv, ok := base[r]; ok {
+			ds = append(ds, v-bv)
+		}
+	}
+	return median(ds)
+}
+
+func (b *benchRun) summarise() {
+	rep := b.rep
+	type key struct {
+		s string
+		c int
+	}
+	rate, p50, p99 := map[key]map[int]float64{}, map[key]map[int]float64{}, map[key]map[int]float64{}
+	failed := map[key]int{}
+	for _, c := range rep.Cells {
+		k := key{c.Setup, c.Concurrency}
+		if rate[k] == nil {
+			rate[k], p50[k], p99[k] = map[int]float64{}, map[int]float64{}, map[int]float64{}
+		}
+		failed[k] += c.Failed
+		if c.Sessions > 0 {
+			rate[k][c.Round], p50[k][c.Round], p99[k][c.Round] = c.Rate, c.P50ms, c.P99ms
+		}
+	}
+	vals := func(m map[int]float64) []float64 {
+		var v []float64
+		for _, x := range m {
+			v = append(v, x)
+		}
+		return v
+	}
+	rep.Sessions = nil
+	for _, s := range b.setups {
+		for _, c := range b.cfg.Concurrency {
+			k, hk := key{s, c}, key{setupHelper, c}
+			rep.Sessions = append(rep.Sessions, SummaryRow{
+				Setup: s, Concurrency: c,
+				Rate: median(vals(rate[k])), RateRatio: pairedRatio(rate[k], rate[hk]),
+				P50ms: median(vals(p50[k])), P50Ratio: pairedRatio(p50[k], p50[hk]), P50DeltaMs: pairedDelta(p50[k], p50[hk]),
+				P99ms: median(vals(p99[k])), P99Ratio: pairedRatio(p99[k], p99[hk]),
+				Failed: failed[k],
+			})
+		}
+	}
+
+	thru := map[string]map[int]float64{}
+	bigFailed := map[string]int{}
+	for _, r := range rep.Big {
+		if thru[r.Setup] == nil {
+			thru[r.Setup] = map[int]float64{}
+		}
+		if r.Error != "" {
+			bigFailed[r.Setup]++
+			continue
+		}
+		thru[r.Setup][r.Round] = r.MiBps
+	}
+	rep.Throughput = nil
+	if b.cfg.BigMiB > 0 {
+		for _, s := range b.setups {
+			rep.Throughput = append(rep.Throughput, ThroughputRow{Setup: s, MiBps: median(vals(thru[s])),
+				Ratio: pairedRatio(thru[s], thru[setupHelper]), Failed: bigFailed[s]})
+		}
+	}
+
+	rep.Daemon = nil
+	for _, s := range []string{setupTransparent, setupReverse} {
+		var sessions int
+		var cpu float64
+		var bs []bucket
+		var fwErr float64
+		seen := false
+		for _, v := range rep.Visits {
+			if v.Setup != s {
+				continue
+			}
+			seen = true
+			sessions += v.Sessions
+			cpu += v.CPUSeconds
+			bs = addBuckets(bs, v.Buckets)
+			fwErr += v.Refusals
+		}
+		if !seen {
+			continue
+		}
+		row := DaemonRow{Setup: s, Sessions: sessions, FirewallErrs: fwErr}
+		if sessions > 0 {
+			row.CPUPerSessUs = 1e6 * cpu / float64(sessions)
+		}
+		if len(bs) > 0 {
+			row.PinholeOpens = bs[len(bs)-1].Count
+			p50, _ := bucketQuantile(bs, 0.50)
+			p99, le := bucketQuantile(bs, 0.99)
+			row.PinholeP50us, row.PinholeP99us = 1e6*p50, 1e6*p99
+			if le != math.MaxFloat64 {
+				row.PinholeP99Max = 1e6 * le
+			}
+		}
+		rep.Daemon = append(rep.Daemon, row)
+	}
+
+	// Figures against the targets.
+	rep.Figures = nil
+	fig := func(name, setup string, v float64, unit string, target float64, atLeast bool, avail bool) {
+		f := Figure{Name: name, Setup: setup, Value: v, Unit: unit}
+		op := "<="
+		if atLeast {
+			op = ">="
+		}
+		f.Target = fmt.Sprintf("%s %s", op, fmtNum(target))
+		switch {
+		case !avail:
+			f.Result = "n/a"
+		case atLeast && v >= target, !atLeast && v <= target:
+			f.Result = "PASS"
+		default:
+			f.Result = "MISS"
+		}
+		rep.Figures = append(rep.Figures, f)
+	}
+	for _, s := range []string{setupTransparent, setupReverse} {
+		if !slices.Contains(b.setups, s) {
+			continue
+		}
+		for _, row := range rep.Sessions {
+			if row.Setup != s {
+				continue
+			}
+			c := fmt.Sprintf(" (c=%d)", row.Concurrency)
+			fig("sessions/s ratio to helper"+c, s, row.RateRatio, "x", targetRateRatio, true, row.RateRatio > 0)
+			fig("session p50 ratio to helper"+c, s, row.P50Ratio, "x", targetLatRatio, false, row.P50Ratio > 0)
+			fig("session p99 ratio to helper"+c, s, row.P99Ratio, "x", targetLatRatio, false, row.P99Ratio > 0)
+		}
+		for _, row := range rep.Throughput {
+			if row.Setup == s {
+				fig(fmt.Sprintf("%d MiB RETR throughput ratio to helper", b.cfg.BigMiB), s, row.Ratio, "x", targetThruRatio, true, row.Ratio > 0)
+			}
+		}
+		for _, row := range rep.Daemon {
+			if row.Setup == s {
+				fig("ftpgate CPU per session", s, row.CPUPerSessUs, "µs", targetCPUPerSession*1e6, false, row.Sessions > 0)
+				fig("pinhole open latency p99", s, row.PinholeP99us, "µs", targetPinholeP99*1e6, false, row.PinholeOpens > 0)
+			}
+		}
+	}
+	if c := rep.Churn; c != nil {
+		fig("pinhole churn (open+close)", "nft", c.PinholesPerS, "/s", targetChurn, true, c.Error == "")
+	}
+	if i := rep.Idle; i != nil {
+		fig("RSS per idle control session", i.Mode, i.BytesPerSession/1024, "KiB", targetIdleBytes/1024, false, i.Error == "")
+	}
+}
+
+func fmtNum(v float64) string {
+	switch {
+	case v == 0:
+		return "0"
+	case math.Abs(v) >= 100:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case math.Abs(v) >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	}
+}
+
+func fmtRatio(v float64) string {
+	if v == 0 {
+		return "  n/a"
+	}
+	return fmt.Sprintf("%5.2f", v)
+}
+
+// table renders the report as text (printed and kept in the JSON).
+func (b *benchRun) table() string {
+	rep := b.rep
+	var w strings.Builder
+	m := rep.Machine
+	fmt.Fprintf(&w, "ftpgate benchmark — %s — %s\n", rep.Started.Format(time.RFC3339), m.Host)
+	fmt.Fprintf(&w, "machine: %d x %s, kernel %s, %s, %s; getpid() %.0f ns; load average %s at start, %s at end\n",
+		m.NProc, m.CPU, m.Kernel, m.MemTotal, m.GoVersion, m.GetpidNs, rep.LoadStart, rep.LoadEnd)
+	fmt.Fprintf(&w, "run: %d rounds (setup order rotated each round), %d sessions per cell, modes %v over IPv4, %d-byte RETR; %.0f s\n",
+		rep.Config.RoundsDone, b.cfg.Sessions, b.cfg.Modes, b.cfg.FileBytes, rep.Seconds)
+	fmt.Fprintf(&w, "medians over rounds; ratios = median over rounds of (setup / kernel helper in the same round)\n\n")
+	for s, why := range rep.Skipped {
+		fmt.Fprintf(&w, "SKIPPED %s: %s\n", s, why)
+	}
+	fmt.Fprintf(&w, "%-26s %5s %11s %6s %9s %6s %8s %9s %6s %6s\n", "setup", "conc", "sessions/s", "ratio", "p50 ms", "ratio", "Δp50 ms", "p99 ms", "ratio", "failed")
+	for _, r := range rep.Sessions {
+		delta := "     n/a"
+		if r.Setup == setupHelper || r.P50Ratio != 0 {
+			delta = fmt.Sprintf("%+8.2f", r.P50DeltaMs)
+		}
+		fmt.Fprintf(&w, "%-26s %5d %11.1f %6s %9.2f %6s %8s %9.2f %6s %6d\n", setupTitle[r.Setup], r.Concurrency,
+			r.Rate, fmtRatio(r.RateRatio), r.P50ms, fmtRatio(r.P50Ratio), delta, r.P99ms, fmtRatio(r.P99Ratio), r.Failed)
+	}
+	if len(rep.Throughput) > 0 {
+		fmt.Fprintf(&w, "\n%-26s %11s %6s %6s   (%d MiB sparse file, PASV, spliced to /dev/null)\n", "setup", "MiB/s", "ratio", "failed", b.cfg.BigMiB)
+		for _, r := range rep.Throughput {
+			fmt.Fprintf(&w, "%-26s %11.0f %6s %6d\n", setupTitle[r.Setup], r.MiBps, fmtRatio(r.Ratio), r.Failed)
+		}
+	}
+	if len(rep.Daemon) > 0 {
+		fmt.Fprintf(&w, "\n%-26s %9s %12s %9s %13s %13s %9s\n", "ftpgate", "sessions", "CPU µs/sess", "pinholes", "open p50 µs", "open p99 µs", "fw errs")
+		for _, r := range rep.Daemon {
+			p99 := fmt.Sprintf("%.0f", r.PinholeP99us)
+			if r.PinholeP99Max > 0 {
+				p99 = fmt.Sprintf("%.0f (≤%.0f)", r.PinholeP99us, r.PinholeP99Max)
+			}
+			fmt.Fprintf(&w, "%-26s %9d %12.1f %9.0f %13.0f %13s %9.0f\n", setupTitle[r.Setup], r.Sessions, r.CPUPerSessUs, r.PinholeOpens, r.PinholeP50us, p99, r.FirewallErrs)
+		}
+	}
+	if i := rep.Idle; i != nil {
+		capped := ""
+		if i.Requested > i.Sessions {
+			capped = fmt.Sprintf(" (of %d asked: RLIMIT_NOFILE)", i.Requested)
+		}
+		fmt.Fprintf(&w, "\nidle sessions (%s): %d%s, RSS %d -> %d KiB = %.1f KiB/session (Go heap in use %.1f KiB, %.1f goroutines, %.1f fds per session)%s\n",
+			i.Mode, i.Sessions, capped, i.RSSBeforeKiB, i.RSSAfterKiB, i.BytesPerSession/1024, i.HeapPerSession/1024, i.GoroutinesPerSes, i.FDsPerSession, errSuffix(i.Error))
+	}
+	if c := rep.Churn; c != nil {
+		fmt.Fprintf(&w, "pinhole churn (nft BenchmarkPinholeChurn): %.0f open+close/s, %.0f ns each%s\n", c.PinholesPerS, c.NsPerOp, errSuffix(c.Error))
+	}
+	fmt.Fprintf(&w, "\n%-46s %-12s %10s %-4s %12s  %s\n", "figure", "setup", "value", "", "target", "result")
+	for _, f := range rep.Figures {
+		fmt.Fprintf(&w, "%-46s %-12s %10s %-4s %12s  %s\n", f.Name, f.Setup, fmtNum(f.Value), f.Unit, f.Target, f.Result)
+	}
+	pass, miss := 0, 0
+	for _, f := range rep.Figures {
+		switch f.Result {
+		case "PASS":
+			pass++
+		case "MISS":
+			miss++
+		}
+	}
+	fmt.Fprintf(&w, "targets: %d PASS, %d MISS (informational)\n", pass, miss)
+	return w.String()
+}
+
+func errSuffix(e string) string {
+	if e == "" {
+		return ""
+	}
+	return "  ERROR: " + e
+}
+
+func (b *benchRun) writeJSON() {
+	dir := os.Getenv("FTPGATE_BENCH_OUT")
+	if dir == "" {
+		dir = filepath.Join("..", "bench", "results")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.t.Errorf("bench results: %v", err)
+		return
+	}
+	host := b.rep.Machine.Host
+	if host == "" {
+		host = "unknown"
+	}
+	name := fmt.Sprintf("%s-%s.json", b.rep.Started.Format("2006-01-02T150405"), strings.ReplaceAll(host, "/", "_"))
+	path := filepath.Join(dir, name)
+	js, err := json.MarshalIndent(b.rep, "", "  ")
+	if err != nil {
+		b.t.Errorf("bench results: %v", err)
+		return
+	}
+	if err := os.WriteFile(path, append(js, '\n'), 0o644); err != nil {
+		b.t.Errorf("bench results: %v", err)
+		return
+	}
+	abs, _ := filepath.Abs(path)
+	b.logf("results written to %s", abs)
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func machineInfo() MachineInfo {
+	m := MachineInfo{NProc: runtime.NumCPU(), GoVersion: runtime.Version()}
+	const calls = 200000
+	t0 := time.Now()
+	for range calls {
+		syscall.Getpid()
+	}
+	m.GetpidNs = float64(time.Since(t0).Nanoseconds()) / calls
+	m.Host, _ = os.Hostname()
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if line, _, ok := strings.Cut(string(b), "\n"); ok {
+			m.MemTotal = strings.Join(strings.Fields(line), " ")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "git", "-C", "..", "describe", "--always", "--dirty").Output(); err == nil {
+		m.Commit = strings.TrimSpace(string(out))
+	}
+	return m
+}
