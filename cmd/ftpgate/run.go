@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -105,6 +106,7 @@ func runCmd(args []string) error {
 			log.Error("removing the ruleset", "err", err)
 		}
 	}()
+	enableConntrackAccounting(log)
 
 	pcfg.Logger, pcfg.Observer, pcfg.SourceNAT = log, m, fw.SourceAddress
 	srv := proxy.NewServer(pcfg, fw)
@@ -182,4 +184,16 @@ func reload(args []string, srv *proxy.Server, log *slog.Logger) {
 		return
 	}
 	log.Info("configuration reloaded; new sessions use it")
+}
+
+// enableConntrackAccounting turns on the kernel's per-connection byte counters
+// in this network namespace: ftpgate_data_bytes_total comes from them.
+func enableConntrackAccounting(log *slog.Logger) {
+	const path = "/proc/sys/net/netfilter/nf_conntrack_acct"
+	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "1" {
+		return
+	}
+	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+		log.Warn("conntrack accounting is off: data byte counters stay at zero; set net.netfilter.nf_conntrack_acct=1 (deploy/systemd/ftpgate-sysctl.conf)", "err", err)
+	}
 }
