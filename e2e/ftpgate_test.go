@@ -132,43 +132,9 @@ func TestTransparentTransfers(t *testing.T) {
 	requireFtpgate(t)
 	t.Parallel()
 	l, srv, g := newGatewayLab(t)
-	want := srv.Files[RandomFile]
 
-	t.Run("get", func(t *testing.T) {
-		RunMatrix(t, AllCases(), 6, func(ctx context.Context, c Case) ([]byte, error) {
-			return c.Client.Get(ctx, l.Client, l.ServerIP(c.Family), RandomFile, c.Mode)
-		}, func(t *testing.T, c Case, r Result) {
-			if r.Err != nil {
-				t.Fatalf("%v\nftpgate log:\n%s\n%s", r.Err, tailString(g.LogText(), 3000), srv.Diag())
-			}
-			if !bytes.Equal(r.Data, want) {
-				t.Fatalf("got %d bytes, want %d (content differs)", len(r.Data), len(want))
-			}
-		})
-	})
-
-	t.Run("put", func(t *testing.T) {
-		for _, f := range Families {
-			for _, m := range Modes {
-				t.Run(fmt.Sprintf("curl/%s/ipv%d", m, f), func(t *testing.T) {
-					name := fmt.Sprintf("put-%s-%d.bin", m, f)
-					data := want[:256<<10]
-					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					defer cancel()
-					err := CurlPut(ctx, l.Client, l.ServerIP(f), name, data, m)
-					if IsUnsupported(err) {
-						t.Skip(err)
-					}
-					if err != nil {
-						t.Fatalf("%v\n%s", err, srv.Diag())
-					}
-					if got, err := srv.Uploaded(name); err != nil || !bytes.Equal(got, data) {
-						t.Fatalf("uploaded: %d bytes, %v; want %d bytes", len(got), err, len(data))
-					}
-				})
-			}
-		}
-	})
+	getMatrix(t, l, srv, g, AllCases(), l.ServerIP)
+	putMatrix(t, l, srv, g, "put", Modes, l.ServerIP)
 
 	// Each opening admitted one connection and was deleted by it.
 	if !waitFor(5*time.Second, func() bool { return l.Elements(t, "pin4") == "" && l.Elements(t, "pin6") == "" }) {
@@ -188,6 +154,51 @@ func TestTransparentTransfers(t *testing.T) {
 			t.Errorf("refusals{%s} = %v during legitimate transfers", reason, v)
 		}
 	}
+}
+
+// getMatrix downloads RandomFile with every case, from the address target
+// gives for the family, and checks the content.
+func getMatrix(t *testing.T, l *Lab, srv *Vsftpd, g *Gate, cases []Case, target func(family int) netip.Addr) {
+	want := srv.Files[RandomFile]
+	t.Run("get", func(t *testing.T) {
+		RunMatrix(t, cases, 6, func(ctx context.Context, c Case) ([]byte, error) {
+			return c.Client.Get(ctx, l.Client, target(c.Family), RandomFile, c.Mode)
+		}, func(t *testing.T, c Case, r Result) {
+			if r.Err != nil {
+				t.Fatalf("%v\nftpgate log:\n%s\n%s", r.Err, tailString(g.LogText(), 3000), srv.Diag())
+			}
+			if !bytes.Equal(r.Data, want) {
+				t.Fatalf("got %d bytes, want %d (content differs)", len(r.Data), len(want))
+			}
+		})
+	})
+}
+
+// putMatrix uploads 256 KiB with curl in each mode and family and checks what
+// the server stored; prefix keeps the file names of callers apart.
+func putMatrix(t *testing.T, l *Lab, srv *Vsftpd, g *Gate, prefix string, modes []Mode, target func(family int) netip.Addr) {
+	data := srv.Files[RandomFile][:256<<10]
+	t.Run("put", func(t *testing.T) {
+		for _, f := range Families {
+			for _, m := range modes {
+				t.Run(fmt.Sprintf("curl/%s/ipv%d", m, f), func(t *testing.T) {
+					name := fmt.Sprintf("%s-%s-%d.bin", prefix, m, f)
+					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+					defer cancel()
+					err := CurlPut(ctx, l.Client, target(f), name, data, m)
+					if IsUnsupported(err) {
+						t.Skip(err)
+					}
+					if err != nil {
+						t.Fatalf("%v\nftpgate log:\n%s\n%s", err, tailString(g.LogText(), 3000), srv.Diag())
+					}
+					if got, err := srv.Uploaded(name); err != nil || !bytes.Equal(got, data) {
+						t.Fatalf("uploaded: %d bytes, %v; want %d bytes", len(got), err, len(data))
+					}
+				})
+			}
+		}
+	})
 }
 
 // control is a hand-driven FTP control connection from the client namespace.

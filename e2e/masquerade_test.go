@@ -8,7 +8,6 @@ package e2e
 // port, and DNATs the server's connection back to the client.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"testing"
@@ -60,7 +59,6 @@ func testMasquerade(t *testing.T, ftpgateArgs ...string) {
 		}
 	}
 	g := l.StartFtpgate(t, ftpgateArgs...)
-	want := srv.Files[RandomFile]
 
 	// The masquerading works at all: vsftpd sees the gateway.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -76,40 +74,8 @@ func testMasquerade(t *testing.T, ftpgateArgs ...string) {
 			cases = append(cases, c)
 		}
 	}
-	t.Run("get", func(t *testing.T) {
-		RunMatrix(t, cases, 6, func(ctx context.Context, c Case) ([]byte, error) {
-			return c.Client.Get(ctx, l.Client, l.ServerIP(c.Family), RandomFile, c.Mode)
-		}, func(t *testing.T, c Case, r Result) {
-			if r.Err != nil {
-				t.Fatalf("%v\nftpgate log:\n%s\n%s", r.Err, tailString(g.LogText(), 3000), srv.Diag())
-			}
-			if !bytes.Equal(r.Data, want) {
-				t.Fatalf("got %d bytes, want %d (content differs)", len(r.Data), len(want))
-			}
-		})
-	})
-	t.Run("put", func(t *testing.T) {
-		for _, f := range Families {
-			for _, m := range []Mode{ModePORT, ModeEPRT} {
-				t.Run(fmt.Sprintf("curl/%s/ipv%d", m, f), func(t *testing.T) {
-					name := fmt.Sprintf("mput-%s-%d.bin", m, f)
-					data := want[:256<<10]
-					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					defer cancel()
-					err := CurlPut(ctx, l.Client, l.ServerIP(f), name, data, m)
-					if IsUnsupported(err) {
-						t.Skip(err)
-					}
-					if err != nil {
-						t.Fatalf("%v\nftpgate log:\n%s\n%s", err, tailString(g.LogText(), 3000), srv.Diag())
-					}
-					if got, err := srv.Uploaded(name); err != nil || !bytes.Equal(got, data) {
-						t.Fatalf("uploaded: %d bytes, %v; want %d bytes", len(got), err, len(data))
-					}
-				})
-			}
-		}
-	})
+	getMatrix(t, l, srv, g, cases, l.ServerIP)
+	putMatrix(t, l, srv, g, "mput", []Mode{ModePORT, ModeEPRT}, l.ServerIP)
 
 	expectNoLeftovers(t, l, 10*time.Second)
 	for _, kind := range []string{"PORT", "EPRT"} {

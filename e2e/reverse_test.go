@@ -341,43 +341,10 @@ func TestReverseTransfers(t *testing.T) {
 	requireFtpgate(t)
 	t.Parallel()
 	l, srv, g := newReverseLab(t, nil)
-	want := srv.Files[RandomFile]
 
-	t.Run("get", func(t *testing.T) {
-		RunMatrix(t, AllCases(), 6, func(ctx context.Context, c Case) ([]byte, error) {
-			return c.Client.Get(ctx, l.Client, publicIP(l, c.Family), RandomFile, c.Mode)
-		}, func(t *testing.T, c Case, r Result) {
-			if r.Err != nil {
-				t.Fatalf("%v\nftpgate log:\n%s\n%s", r.Err, tailString(g.LogText(), 3000), srv.Diag())
-			}
-			if !bytes.Equal(r.Data, want) {
-				t.Fatalf("got %d bytes, want %d (content differs)", len(r.Data), len(want))
-			}
-		})
-	})
-
-	t.Run("put", func(t *testing.T) {
-		for _, f := range Families {
-			for _, m := range Modes {
-				t.Run(fmt.Sprintf("curl/%s/ipv%d", m, f), func(t *testing.T) {
-					name := fmt.Sprintf("rput-%s-%d.bin", m, f)
-					data := want[:256<<10]
-					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					defer cancel()
-					err := CurlPut(ctx, l.Client, publicIP(l, f), name, data, m)
-					if IsUnsupported(err) {
-						t.Skip(err)
-					}
-					if err != nil {
-						t.Fatalf("%v\nftpgate log:\n%s\n%s", err, tailString(g.LogText(), 3000), srv.Diag())
-					}
-					if got, err := srv.Uploaded(name); err != nil || !bytes.Equal(got, data) {
-						t.Fatalf("uploaded: %d bytes, %v; want %d bytes", len(got), err, len(data))
-					}
-				})
-			}
-		}
-	})
+	public := func(f int) netip.Addr { return publicIP(l, f) }
+	getMatrix(t, l, srv, g, AllCases(), public)
+	putMatrix(t, l, srv, g, "rput", Modes, public)
 
 	// Every opening was used once and its NAT state removed (or expired).
 	expectNoLeftovers(t, l, 10*time.Second)
