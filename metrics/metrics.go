@@ -134,6 +134,9 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 			Help: "Pinholes currently open in the kernel.",
 		}, func() float64 { return float64(o.ActivePinholes()) }))
 	}
+	for _, op := range []string{"open_pinhole", "close_pinhole"} {
+		m.nftErrors.WithLabelValues(op)
+	}
 	for _, dir := range []string{clientToServer, serverToClient} {
 		m.dataConns.WithLabelValues(dir)
 		m.dataBytes.WithLabelValues(dir)

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftpgate/ftpgate/proxy"
 )
 
 func TestParseMark(t *testing.T) {
@@ -123,5 +127,22 @@ func TestReverseNeedsUpstreamAndListen(t *testing.T) {
 		if err == nil {
 			t.Errorf("%v accepted", args)
 		}
+	}
+}
+
+type failingGate struct{}
+
+func (failingGate) Open(context.Context, proxy.Flow, time.Duration) (proxy.Pinhole, error) {
+	return nil, errors.New("netlink: no buffer space")
+}
+
+func TestCountingGate(t *testing.T) {
+	var ops []string
+	g := countingGate{failingGate{}, func(op string) { ops = append(ops, op) }}
+	if _, err := g.Open(context.Background(), proxy.Flow{}, time.Second); err == nil {
+		t.Fatal("error swallowed")
+	}
+	if len(ops) != 1 || ops[0] != "open_pinhole" {
+		t.Fatalf("counted %v, want [open_pinhole]", ops)
 	}
 }

@@ -109,7 +109,7 @@ func runCmd(args []string) error {
 	enableConntrackAccounting(log)
 
 	pcfg.Logger, pcfg.Observer, pcfg.SourceNAT = log, m, fw.SourceAddress
-	srv := proxy.NewServer(pcfg, fw)
+	srv := proxy.NewServer(pcfg, countingGate{fw, m.NFTError})
 
 	var ready atomic.Bool
 	var httpSrv *http.Server
