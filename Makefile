@@ -31,8 +31,8 @@ fuzz:
 demo: deps build
 	./scripts/demo.sh
 
-bench:
-	$(GO) test -run XXX -bench . ./...
+bench: deps
+	GO=$(GO) ./scripts/bench.sh
 
 check-deploy: deps
 	./scripts/check-deploy.sh
