@@ -16,7 +16,8 @@ var ErrLineTooLong = errors.New("line too long")
 
 // readBufferSize is the fixed size of the bufio buffer under a LineReader. Long
 // lines are consumed through it in chunks, so it never grows.
-const readBufferSize = 4096
+// 1 KiB holds any usual command or reply line and keeps idle sessions small.
+const readBufferSize = 1024
 
 // Telnet command bytes (RFC 854) that matter for decoding.
 const (

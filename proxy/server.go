@@ -314,7 +314,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 // Listen opens a control-connection listener. In transparent mode it has
 // IP_TRANSPARENT, which lets it accept connections addressed to other hosts.
 func Listen(ctx context.Context, addr string, mode Mode) (net.Listener, error) {
-	lc := net.ListenConfig{}
+	// No TCP keepalives: the idle timeout bounds sessions, and each
+	// keepalive option costs syscalls per connection.
+	lc := net.ListenConfig{KeepAlive: -1}
 	if mode == Transparent {
 		lc.Control = transparentControl
 	}
@@ -355,7 +357,7 @@ func dialReverse(s *session) (net.Conn, error) {
 		}
 		return 0
 	})
-	d := net.Dialer{Timeout: s.cfg.DialTimeout}
+	d := net.Dialer{Timeout: s.cfg.DialTimeout, KeepAlive: -1}
 	var lastErr error
 	for _, a := range addrs {
 		up, err := d.DialContext(s.ctx, "tcp", net.JoinHostPort(a.Unmap().String(), port))
@@ -374,6 +376,7 @@ func dialReverse(s *session) (net.Conn, error) {
 func dialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration, mark uint32) (net.Conn, error) {
 	d := net.Dialer{
 		Timeout:   timeout,
+		KeepAlive: -1,
 		LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)),
 		Control: func(network, address string, rc syscall.RawConn) error {
 			if err := transparentControl(network, address, rc); err != nil || mark == 0 {

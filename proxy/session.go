@@ -50,6 +50,7 @@ type session struct {
 	// nothing is NAT'ed. insideAddr is ftpgate's end of the upstream connection.
 	publicAddr netip.Addr
 	insideAddr netip.Addr
+	learned    bool // publicAddr was decided (transparent: lazily, in the command goroutine)
 
 	mu            sync.Mutex // guards everything below and writes to client
 	pending       []pendingCmd
@@ -145,7 +146,10 @@ func (s *session) run() {
 	s.serverAddr = addrPortOf(up.RemoteAddr()).Addr()
 	s.insideAddr = addrPortOf(up.LocalAddr()).Addr()
 	s.log = s.log.With("server", s.serverAddr.String())
-	s.learnPublicAddr()
+	if s.cfg.Mode == Reverse {
+		s.learnPublicAddr()
+		s.learned = true
+	}
 	s.log.Debug("session start")
 
 	done := make(chan struct{})
@@ -404,6 +408,12 @@ func (s *session) activeCommand(verb, arg, line string) {
 		s.reply(fmt.Sprintf("501 ftpgate: %s refused: port %d is below 1024", verb, ap.Port()))
 		return
 	}
+	if !s.learned {
+		// Only active mode needs to know whether clients are NAT'ed: ask
+		// conntrack once, at the first PORT/EPRT, not for every session.
+		s.learned = true
+		s.learnPublicAddr()
+	}
 	f := Flow{Src: s.serverAddr, Dst: ap, Dir: Active}
 	if s.publicAddr.IsValid() {
 		// The server must connect to a gateway port, DNAT'ed to the client:
@@ -500,7 +510,7 @@ func (s *session) openPinhole(f Flow) bool {
 		return false
 	}
 	s.cfg.Observer.PinholeOpened(f, time.Since(t0))
-	s.log.Debug("pinhole opened", "flow", f.String())
+	s.log.Debug("pinhole opened", "flow", f)
 	if f.Target.IsValid() {
 		go func() {
 			<-p.Done()
