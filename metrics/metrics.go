@@ -13,16 +13,16 @@ import (
 const namespace = "ftpgate"
 
 // knownVerbs bounds the verb label: anything else is counted as "other".
-var knownVerbs = map[string]bool{
-	"USER": true, "PASS": true, "ACCT": true, "CWD": true, "CDUP": true, "QUIT": true,
-	"REIN": true, "PORT": true, "PASV": true, "TYPE": true, "STRU": true, "MODE": true,
-	"RETR": true, "STOR": true, "STOU": true, "APPE": true, "ALLO": true, "REST": true,
-	"RNFR": true, "RNTO": true, "ABOR": true, "DELE": true, "RMD": true, "MKD": true,
-	"PWD": true, "LIST": true, "NLST": true, "SITE": true, "SYST": true, "STAT": true,
-	"HELP": true, "NOOP": true, "FEAT": true, "OPTS": true, "EPRT": true, "EPSV": true,
-	"LPRT": true, "LPSV": true, "AUTH": true, "PBSZ": true, "PROT": true, "SIZE": true,
-	"MDTM": true, "MLSD": true, "MLST": true, "XPWD": true, "XCWD": true, "XMKD": true,
-	"XRMD": true, "CCC": true, "HOST": true, "LANG": true, "CLNT": true,
+var knownVerbs = []string{
+	"USER", "PASS", "ACCT", "CWD", "CDUP", "QUIT",
+	"REIN", "PORT", "PASV", "TYPE", "STRU", "MODE",
+	"RETR", "STOR", "STOU", "APPE", "ALLO", "REST",
+	"RNFR", "RNTO", "ABOR", "DELE", "RMD", "MKD",
+	"PWD", "LIST", "NLST", "SITE", "SYST", "STAT",
+	"HELP", "NOOP", "FEAT", "OPTS", "EPRT", "EPSV",
+	"LPRT", "LPSV", "AUTH", "PBSZ", "PROT", "SIZE",
+	"MDTM", "MLSD", "MLST", "XPWD", "XCWD", "XMKD",
+	"XRMD", "CCC", "HOST", "LANG", "CLNT",
 }
 
 // Metrics implements proxy.Observer and counts the firewall's pinhole lifecycle.
@@ -42,6 +42,9 @@ type Metrics struct {
 	nftErrors       *prometheus.CounterVec
 	dataConns       *prometheus.CounterVec
 	dataBytes       *prometheus.CounterVec
+	// Resolved once: commands and replies are counted on every line.
+	byVerb  map[string]prometheus.Counter
+	byClass [5]prometheus.Counter
 }
 
 // Options describe the daemon the metrics belong to.
@@ -134,6 +137,13 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 			Help: "Pinholes currently open in the kernel.",
 		}, func() float64 { return float64(o.ActivePinholes()) }))
 	}
+	m.byVerb = map[string]prometheus.Counter{"other": m.commands.WithLabelValues("other")}
+	for _, v := range knownVerbs {
+		m.byVerb[v] = m.commands.WithLabelValues(v)
+	}
+	for i := range m.byClass {
+		m.byClass[i] = m.replies.WithLabelValues(strconv.Itoa(i+1) + "xx")
+	}
 	for _, op := range []string{"open_pinhole", "close_pinhole"} {
 		m.nftErrors.WithLabelValues(op)
 	}
@@ -172,17 +182,18 @@ func (m *Metrics) SessionEnded(d time.Duration) {
 }
 
 func (m *Metrics) Command(verb string) {
-	if !knownVerbs[verb] {
-		verb = "other"
+	c, ok := m.byVerb[verb]
+	if !ok {
+		c = m.byVerb["other"]
 	}
-	m.commands.WithLabelValues(verb).Inc()
+	c.Inc()
 }
 
 func (m *Metrics) Reply(code int) {
 	if code < 100 || code > 599 {
 		return
 	}
-	m.replies.WithLabelValues(strconv.Itoa(code/100) + "xx").Inc()
+	m.byClass[code/100-1].Inc()
 }
 
 func (m *Metrics) Rewrite(kind string) { m.rewrites.WithLabelValues(kind).Inc() }
