@@ -239,8 +239,8 @@ func TestSoak(t *testing.T) {
 	if !waitFor(10*time.Second, func() bool { return l.OpenElements(t) == "" }) {
 		t.Errorf("openings left: %s", l.OpenElements(t))
 	}
-	if !waitFor(10*time.Second, func() bool { return g.Metric(t, "ftpgate_sessions_active") == 0 }) {
-		t.Errorf("sessions still active: %v", g.Metric(t, "ftpgate_sessions_active"))
+	if !waitFor(10*time.Second, func() bool { return g.Metric(t, `ftpgate_sessions_active{mode="transparent"}`) == 0 }) {
+		t.Errorf("sessions still active: %v", g.Metric(t, `ftpgate_sessions_active{mode="transparent"}`))
 	}
 	if !waitFor(10*time.Second, func() bool { return g.Metric(t, "go_goroutines") <= goroutinesBefore+2 }) {
 		t.Errorf("goroutines: %v before, %v after", goroutinesBefore, g.Metric(t, "go_goroutines"))

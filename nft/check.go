@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -63,6 +64,9 @@ func Check(cfg Config) []Finding {
 	out = append(out, checkKernel(conn, cfg)...)
 	out = append(out, checkCTEvents())
 	out = append(out, checkHostRuleset(conn, cfg)...)
+	if cfg.Intercept {
+		out = append(out, checkHostZones(conn, cfg)...)
+	}
 	return out
 }
 
@@ -156,6 +160,13 @@ func checkKernel(c *nftables.Conn, cfg Config) []Finding {
 	}
 	probe("tproxy (nft_tproxy)", "load nft_tproxy / enable CONFIG_NFT_TPROXY",
 		tproxyRuleExprs(cfg, &fam4, o.ports, tp4), tproxyRuleExprs(cfg, &fam6, o.ports, tp6))
+	// The raw chains and their rules, in one batch.
+	c.AddChain(o.rawPre)
+	c.AddChain(o.rawOut)
+	c.AddRule(&nftables.Rule{Table: o.table, Chain: o.rawPre, Exprs: zoneRuleExprs(cfg, &fam4, o.ports, offSport)})
+	out = append(out, probeIn(o.rawOut, "conntrack zones for upstream connections (ct zone set in raw prerouting/output chains)",
+		"load nft_ct and use a kernel with CONFIG_NF_CONNTRACK_ZONES; without zones transparent upstream connections can collide with intercepted ones",
+		zoneRuleExprs(cfg, &fam6, o.ports, offDport)))
 
 	// Elements with a timeout, and destroying an element (used to refresh).
 	set := o.pins[&fam4]
@@ -522,4 +533,65 @@ func jumpsToAccept(r *nftables.Rule, t *nftables.Table, byName func(*nftables.Ta
 		}
 	}
 	return false
+}
+
+// checkHostZones reports chains of other tables that set conntrack zones
+// (nft "ct zone set", iptables "-j CT --zone"): the first zone set on a
+// packet wins, so such a rule can move ftpgate's upstream connections, or the
+// replies to them, out of Config.UpstreamZone — or ftpgate's rule can
+// preempt the host's. Informational: whether they meet depends on what the
+// rules match.
+func checkHostZones(c *nftables.Conn, cfg Config) []Finding {
+	chains, err := c.ListChains()
+	if err != nil {
+		return []Finding{{What: "cannot list nftables chains: " + err.Error(), Fix: fixFor(err, "check nftables")}}
+	}
+	var out []Finding
+	for _, ch := range chains {
+		fam, ok := familyNames[ch.Table.Family]
+		if !ok || ch.Table.Family == nftables.TableFamilyINet && (ch.Table.Name == cfg.Table || strings.HasPrefix(ch.Table.Name, "ftpgate_check_")) {
+			continue
+		}
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			continue // reported by checkHostRuleset for the chains that matter there
+		}
+		if slices.ContainsFunc(rules, setsZone) {
+			out = append(out, Finding{OK: true, What: fmt.Sprintf(
+				"table %s %s chain %s sets conntrack zones: make sure it sets none on TCP to or from ports %s — ftpgate puts this host's connections to them, and the replies, in zone %d at priority raw (-300), and the first zone set on a packet wins",
+				fam, ch.Table.Name, ch.Name, portList(cfg.InterceptPorts), cfg.UpstreamZone)})
+		}
+	}
+	return out
+}
+
+// setsZone reports whether r sets a conntrack zone.
+func setsZone(r *nftables.Rule) bool {
+	for _, e := range r.Exprs {
+		switch e := e.(type) {
+		case *expr.Ct:
+			if e.SourceRegister && e.Key == expr.CtKeyZONE {
+				return true
+			}
+		case *expr.Target:
+			// iptables-nft -j CT: struct xt_ct_target_info(_v1): u16 flags,
+			// u16 zone, ... in host byte order; flags XT_CT_ZONE_MARK
+			// (0x10) takes the zone from the packet mark.
+			if info, ok := e.Info.(*xt.Unknown); ok && e.Name == "CT" && len(*info) >= 4 {
+				b := *info
+				if binaryutil.NativeEndian.Uint16(b[2:4]) != 0 || binaryutil.NativeEndian.Uint16(b[0:2])&0x10 != 0 {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func portList(ports []uint16) string {
+	s := make([]string, len(ports))
+	for i, p := range ports {
+		s[i] = strconv.Itoa(int(p))
+	}
+	return strings.Join(s, ", ")
 }

@@ -29,7 +29,7 @@ func TestCheck(t *testing.T) {
 		t.Errorf("missing the nothing-to-add finding")
 	}
 	for _, want := range []string{"CAP_NET_ADMIN", "tproxy", "socket transparent", "dynset delete", "ct mark", "timeouts",
-		"nat chains", "NAT pinhole maps", "one-shot NAT pinholes", "SNAT of NAT pinholes", "NAT map elements"} {
+		"conntrack zones", "nat chains", "NAT pinhole maps", "one-shot NAT pinholes", "SNAT of NAT pinholes", "NAT map elements"} {
 		if !hasFinding(out, true, want) {
 			t.Errorf("missing an OK finding about %q", want)
 		}
@@ -106,6 +106,24 @@ table ip legacy {
 	out = findings(t, ns, Config{CTMark: 0x200, CTMask: 0x200})
 	if !hasFinding(out, false, "table inet filter chain forward drops by default and does not accept") {
 		t.Errorf("a ct mark rule for another bit was taken as accepting 0x200")
+	}
+
+	// Host rules that set conntrack zones are pointed out in transparent mode.
+	if hasFinding(findings(t, ns, Config{Intercept: true}), true, "conntrack zones:") {
+		t.Errorf("a zone finding without any zone rule")
+	}
+	ns.nft(t, `table ip zones {
+	chain pre {
+		type filter hook prerouting priority raw; policy accept;
+		iifname "veth*" ct zone set 5
+	}
+}`)
+	if !hasFinding(findings(t, ns, Config{Intercept: true}), true,
+		"table ip zones chain pre sets conntrack zones: make sure it sets none on TCP to or from ports 21 — ftpgate puts this host's connections to them, and the replies, in zone 18004") {
+		t.Errorf("missing the finding about the host's zone rule")
+	}
+	if hasFinding(findings(t, ns, Config{}), true, "conntrack zones:") {
+		t.Errorf("a zone finding in reverse mode (no zones there)")
 	}
 }
 

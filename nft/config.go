@@ -25,6 +25,9 @@ const (
 	DefaultCTMask     = 0x100
 	DefaultFWMark     = 1
 	DefaultRouteTable = 100
+	// DefaultUpstreamZone is the conntrack zone of ftpgate's upstream
+	// connections in transparent mode: 0x4654, "FT" (nft lists it as 18004).
+	DefaultUpstreamZone = 0x4654
 )
 
 var (
@@ -69,6 +72,25 @@ type Config struct {
 	FWMark uint32
 	// RouteTable holds the "local default dev lo" routes (default 100).
 	RouteTable int
+	// UpstreamZone is, in transparent mode, the conntrack zone of the TCP
+	// connections this host opens to the intercept ports — ftpgate's
+	// transparent upstream connections (and any other local client of those
+	// ports) — default DefaultUpstreamZone; it cannot be zone 0.
+	//
+	// An upstream connection uses the client's address, and the kernel picks
+	// its source port checking only the socket table: without a zone of its
+	// own, its conntrack tuple (client:port -> server:21) can equal that of
+	// another intercepted connection of the same client, and the two
+	// connections then share one conntrack entry and hang. The raw chains put
+	// packets this host sends to an intercept port (output, tcp dport) and
+	// packets arriving from one (prerouting, tcp sport: in transparent mode
+	// these are only replies to this host's connections, as every forwarded
+	// connection to an intercept port is diverted) into this zone; the
+	// intercepted connections stay in zone 0. The output rule matches the
+	// port, not a socket mark of ftpgate's upstreams: the replies can only be
+	// told by their port, so every local connection to an intercept port
+	// (an FTP client on the gateway itself) must be in the zone too.
+	UpstreamZone uint16
 	// OnPinholeEnd, if not nil, is called exactly once per pinhole when it
 	// ends: used is true when a connection consumed it, false when it expired,
 	// was closed, was replaced by an identical Open, or the Firewall closed.
@@ -104,6 +126,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.RouteTable == 0 {
 		cfg.RouteTable = DefaultRouteTable
+	}
+	if cfg.UpstreamZone == 0 {
+		cfg.UpstreamZone = DefaultUpstreamZone
 	}
 
 	var errs []error
@@ -146,3 +171,31 @@ func (cfg Config) interceptV4() bool { return cfg.Intercept && cfg.TProxy4.IsVal
 
 // interceptV6 reports whether IPv6 connections are intercepted.
 func (cfg Config) interceptV6() bool { return cfg.Intercept && cfg.TProxy6.IsValid() }
+
+// intercepts reports whether fa's connections are intercepted.
+func (cfg Config) intercepts(fa *family) bool {
+	if fa == &fam4 {
+		return cfg.interceptV4()
+	}
+	return cfg.interceptV6()
+}
+
+// interceptedFamilies returns the families whose connections are intercepted.
+func (cfg Config) interceptedFamilies() []*family {
+	var out []*family
+	for _, fa := range families {
+		if cfg.intercepts(fa) {
+			out = append(out, fa)
+		}
+	}
+	return out
+}
+
+// zoneOf returns the conntrack zone of a TCP connection this host opened
+// to dst, as the raw_output rules assign it.
+func (cfg Config) zoneOf(dst netip.AddrPort) uint16 {
+	if cfg.intercepts(familyOf(dst.Addr().Unmap())) && slices.Contains(cfg.InterceptPorts, dst.Port()) {
+		return cfg.UpstreamZone
+	}
+	return 0
+}

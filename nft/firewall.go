@@ -114,8 +114,12 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 		log.Warn("nft: cannot query conntrack; masqueraded clients cannot be recognised", "err", fw.ctqErr)
 	}
 	go fw.janitor.run(fw)
-	log.Info("nft: installed", "table", "inet "+cfg.Table, "intercept", cfg.Intercept,
-		"ct_mark", fmt.Sprintf("%#x/%#x", cfg.CTMark, cfg.CTMask))
+	args := []any{"table", "inet " + cfg.Table, "intercept", cfg.Intercept,
+		"ct_mark", fmt.Sprintf("%#x/%#x", cfg.CTMark, cfg.CTMask)}
+	if cfg.Intercept {
+		args = append(args, "upstream_zone", cfg.UpstreamZone)
+	}
+	log.Info("nft: installed", args...)
 	return fw, nil
 }
 

@@ -109,7 +109,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Table != "ftpgate" || cfg.CTMark != 0x100 || cfg.CTMask != 0x100 || cfg.FWMark != 1 ||
-		cfg.RouteTable != 100 || cfg.TProxy4 != DefaultTProxy4 || cfg.TProxy6 != DefaultTProxy6 ||
+		cfg.RouteTable != 100 || cfg.TProxy4 != DefaultTProxy4 || cfg.TProxy6 != DefaultTProxy6 || cfg.UpstreamZone != 0x4654 ||
 		len(cfg.InterceptPorts) != 1 || cfg.InterceptPorts[0] != 21 {
 		t.Fatalf("defaults: %+v", cfg)
 	}
@@ -177,7 +177,7 @@ func TestNewInstallsAndCloseRemoves(t *testing.T) {
 		"type ipv6_addr . ipv6_addr . inet_service",
 		"flags dynamic,timeout",
 		"type filter hook prerouting priority mangle; policy accept;",
-		"meta l4proto tcp socket transparent 1 meta mark set 0x00000001 accept",
+		"tcp flags != syn / syn,ack socket transparent 1 meta mark set 0x00000001 accept",
 		"tcp dport @intercept_ports ct mark set ct mark | 0x00000100 meta mark set 0x00000001 tproxy ip to 127.0.0.1:2121 accept",
 		"tproxy ip6 to [::1]:2121 accept",
 		"ct state new ip saddr . ip daddr . tcp dport @pin4 delete @pin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark | 0x00000100",
@@ -193,6 +193,12 @@ func TestNewInstallsAndCloseRemoves(t *testing.T) {
 		"type nat hook postrouting priority srcnat; policy accept;",
 		"meta l4proto tcp ct status dnat snat ip to ip saddr . ct original ip daddr . ct original proto-dst map @snat4",
 		"meta l4proto tcp ct status dnat snat ip6 to ip6 saddr . ct original ip6 daddr . ct original proto-dst map @snat6",
+		"chain raw_prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n" +
+			"\t\tmeta nfproto ipv4 tcp sport @intercept_ports ct zone set 18004\n" +
+			"\t\tmeta nfproto ipv6 tcp sport @intercept_ports ct zone set 18004\n\t}",
+		"chain raw_output {\n\t\ttype filter hook output priority raw; policy accept;\n" +
+			"\t\tmeta nfproto ipv4 tcp dport @intercept_ports ct zone set 18004\n" +
+			"\t\tmeta nfproto ipv6 tcp dport @intercept_ports ct zone set 18004\n\t}",
 	} {
 		if !strings.Contains(rs, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, rs)

@@ -15,6 +15,8 @@ const (
 	chainPrerouting  = "prerouting"
 	chainNATPre      = "nat_prerouting"
 	chainNATPost     = "nat_postrouting"
+	chainRawPre      = "raw_prerouting"
+	chainRawOut      = "raw_output"
 	setInterceptPort = "intercept_ports"
 )
 
@@ -127,11 +129,31 @@ func setMetaMark(mark uint32) []expr.Any {
 
 func accept() expr.Any { return &expr.Verdict{Kind: expr.VerdictAccept} }
 
-// returnRuleExprs: meta l4proto tcp socket transparent 1 meta mark set FWMark accept
+// TCP header flags.
+const (
+	tcpFlagSYN = 0x02
+	tcpFlagACK = 0x10
+)
+
+// returnRuleExprs: meta l4proto tcp tcp flags & (syn | ack) != syn
+// socket transparent 1 meta mark set FWMark accept
+//
+// It routes to the local stack the packets of this host's transparent
+// sockets: replies to the upstream connections and the later packets of the
+// intercepted ones. Not a connection's first SYN: "socket" also finds
+// TIME_WAIT sockets, and the gateway's TIME_WAIT socket of a closed
+// intercepted connection (ftpgate closed it first) would catch a client's
+// new connection from the same port for 60s — routed to the local stack
+// without the tproxy rule, it reaches no listener, gets no ct mark and is
+// dropped by the host's input filter. The tproxy rule hands such a SYN to
+// the listener instead (it handles TIME_WAIT).
 func returnRuleExprs(cfg Config) []expr.Any {
 	e := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpFlagSYN | tcpFlagACK}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{tcpFlagSYN}},
 		&expr.Socket{Key: expr.SocketKeyTransparent, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
 	}
@@ -144,7 +166,7 @@ func returnRuleExprs(cfg Config) []expr.Any {
 func tproxyRuleExprs(cfg Config, fa *family, ports *nftables.Set, to netip.AddrPort) []expr.Any {
 	e := matchFamilyTCP(fa)
 	e = append(e,
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: offDport, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: ports.Name, SetID: ports.ID},
 	)
 	e = append(e, setCTMark(cfg.CTMark, cfg.CTMask)...)
@@ -156,6 +178,27 @@ func tproxyRuleExprs(cfg Config, fa *family, ports *nftables.Set, to netip.AddrP
 		accept(),
 	)
 	return e
+}
+
+// Transport header offsets of the TCP ports.
+const (
+	offSport = 0
+	offDport = 2
+)
+
+// zoneRuleExprs: meta nfproto X meta l4proto tcp tcp sport|dport
+// @intercept_ports ct zone set UpstreamZone. In raw_output (dport) it
+// catches the connections this host opens to an intercept port, in
+// raw_prerouting (sport) the replies to them; see Config.UpstreamZone.
+func zoneRuleExprs(cfg Config, fa *family, ports *nftables.Set, portOff uint32) []expr.Any {
+	e := matchFamilyTCP(fa)
+	return append(e,
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: portOff, Len: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: ports.Name, SetID: ports.ID},
+		// The zone is a 16-bit register value in host byte order.
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint16(cfg.UpstreamZone)},
+		&expr.Ct{Key: expr.CtKeyZONE, Register: 1, SourceRegister: true},
+	)
 }
 
 // loadPinKey loads ip saddr . ip daddr . tcp dport into the key registers.
@@ -233,6 +276,8 @@ func snatRuleExprs(fa *family, snat *nftables.Set) []expr.Any {
 // objects is everything New installs in the table, built for one batch.
 type objects struct {
 	table   *nftables.Table
+	rawPre  *nftables.Chain // raw prerouting: conntrack zone of replies to upstreams
+	rawOut  *nftables.Chain // raw output: conntrack zone of upstreams
 	chain   *nftables.Chain // filter prerouting: interception, plain pinholes
 	natPre  *nftables.Chain // nat prerouting: NAT pinholes (DNAT)
 	natPost *nftables.Chain // nat postrouting: their SNAT
@@ -248,6 +293,16 @@ func newObjects(cfg Config, tableName string, flags nftables.TableFlags) *object
 	policy := nftables.ChainPolicyAccept
 	o := &objects{
 		table: t,
+		rawPre: &nftables.Chain{
+			Name: chainRawPre, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw,
+			Policy: &policy,
+		},
+		rawOut: &nftables.Chain{
+			Name: chainRawOut, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw,
+			Policy: &policy,
+		},
 		chain: &nftables.Chain{
 			Name: chainPrerouting, Table: t, Type: nftables.ChainTypeFilter,
 			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
@@ -320,7 +375,7 @@ func (o *objects) add(c *nftables.Conn, cfg Config) error {
 			return err
 		}
 	}
-	for _, ch := range []*nftables.Chain{o.chain, o.natPre, o.natPost} {
+	for _, ch := range o.chains(cfg) {
 		c.AddChain(ch)
 		for _, r := range o.ruleExprs(cfg, ch) {
 			c.AddRule(&nftables.Rule{Table: o.table, Chain: ch, Exprs: r})
@@ -329,10 +384,28 @@ func (o *objects) add(c *nftables.Conn, cfg Config) error {
 	return nil
 }
 
+// chains returns the chains New creates for cfg, in creation (and listing)
+// order: the raw chains only in transparent mode.
+func (o *objects) chains(cfg Config) []*nftables.Chain {
+	var chains []*nftables.Chain
+	if cfg.Intercept {
+		chains = append(chains, o.rawPre, o.rawOut)
+	}
+	return append(chains, o.chain, o.natPre, o.natPost)
+}
+
 // ruleExprs returns the rules of chain ch, in order.
 func (o *objects) ruleExprs(cfg Config, ch *nftables.Chain) [][]expr.Any {
 	var rules [][]expr.Any
 	switch ch {
+	case o.rawPre:
+		for _, fa := range cfg.interceptedFamilies() {
+			rules = append(rules, zoneRuleExprs(cfg, fa, o.ports, offSport))
+		}
+	case o.rawOut:
+		for _, fa := range cfg.interceptedFamilies() {
+			rules = append(rules, zoneRuleExprs(cfg, fa, o.ports, offDport))
+		}
 	case o.chain:
 		if cfg.Intercept {
 			rules = append(rules, returnRuleExprs(cfg))

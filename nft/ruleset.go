@@ -67,12 +67,32 @@ func Ruleset(cfg Config) string {
 		w("\t\tflags timeout")
 		w("\t}")
 	}
+	if cfg.Intercept {
+		w("")
+		w("\tchain %s {", chainRawPre)
+		w("\t\ttype filter hook prerouting priority raw; policy accept;")
+		w("\t\t# replies to this host's connections to the FTP ports (ftpgate's transparent upstreams)")
+		for _, fa := range cfg.interceptedFamilies() {
+			w("\t\tmeta nfproto %s meta l4proto tcp tcp sport @%s ct zone set %d", fa.name, setInterceptPort, cfg.UpstreamZone)
+		}
+		w("\t}")
+		w("")
+		w("\tchain %s {", chainRawOut)
+		w("\t\ttype filter hook output priority raw; policy accept;")
+		w("\t\t# this host's connections to the FTP ports: a conntrack zone apart from the intercepted")
+		w("\t\t# connections (zone 0), whose tuples an upstream from the client's address may repeat")
+		for _, fa := range cfg.interceptedFamilies() {
+			w("\t\tmeta nfproto %s meta l4proto tcp tcp dport @%s ct zone set %d", fa.name, setInterceptPort, cfg.UpstreamZone)
+		}
+		w("\t}")
+	}
 	w("")
 	w("\tchain %s {", chainPrerouting)
 	w("\t\ttype filter hook prerouting priority mangle; policy accept;")
 	if cfg.Intercept {
-		w("\t\t# return traffic of ftpgate's transparent upstream sockets")
-		w("\t\tmeta l4proto tcp socket transparent 1 meta mark set %#x accept", cfg.FWMark)
+		w("\t\t# packets of ftpgate's transparent sockets (not new connections: a TIME_WAIT socket")
+		w("\t\t# must not catch a client's reconnection from the same port)")
+		w("\t\tmeta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set %#x accept", cfg.FWMark)
 		w("\t\t# divert FTP control connections to ftpgate")
 		if cfg.interceptV4() {
 			w("\t\tmeta nfproto ipv4 meta l4proto tcp tcp dport @%s %s meta mark set %#x tproxy ip to %s accept",

@@ -20,7 +20,7 @@ func TestRulesetText(t *testing.T) {
 		"type ipv6_addr . ipv6_addr . inet_service",
 		"flags dynamic,timeout",
 		"type filter hook prerouting priority mangle; policy accept;",
-		"meta l4proto tcp socket transparent 1 meta mark set 0x1 accept",
+		"meta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set 0x1 accept",
 		"meta nfproto ipv4 meta l4proto tcp tcp dport @intercept_ports ct mark set ct mark & 0xfffffeff | 0x00000100 meta mark set 0x1 tproxy ip to 127.0.0.1:2121 accept",
 		"meta nfproto ipv6 meta l4proto tcp tcp dport @intercept_ports ct mark set ct mark & 0xfffffeff | 0x00000100 meta mark set 0x1 tproxy ip6 to [::1]:2121 accept",
 		"ct state new meta nfproto ipv4 meta l4proto tcp ip saddr . ip daddr . tcp dport @pin4 delete @pin4 { ip saddr . ip daddr . tcp dport } ct mark set",
@@ -41,6 +41,12 @@ func TestRulesetText(t *testing.T) {
 		"ip -4 rule add fwmark 0x1 lookup 100",
 		"ip -6 route replace local ::/0 dev lo table 100",
 		"ct mark & 0x100 == 0x100 accept",
+		"chain raw_prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n",
+		"meta nfproto ipv4 meta l4proto tcp tcp sport @intercept_ports ct zone set 18004\n",
+		"meta nfproto ipv6 meta l4proto tcp tcp sport @intercept_ports ct zone set 18004\n",
+		"chain raw_output {\n\t\ttype filter hook output priority raw; policy accept;\n",
+		"meta nfproto ipv4 meta l4proto tcp tcp dport @intercept_ports ct zone set 18004\n",
+		"meta nfproto ipv6 meta l4proto tcp tcp dport @intercept_ports ct zone set 18004\n",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("Ruleset lacks %q:\n%s", want, text)
@@ -50,8 +56,16 @@ func TestRulesetText(t *testing.T) {
 	if !strings.Contains(plain, "chain nat_prerouting {") || !strings.Contains(plain, "map @snat4") {
 		t.Errorf("Ruleset without Intercept lacks the NAT chains (reverse mode needs them):\n%s", plain)
 	}
-	if strings.Contains(plain, "tproxy") || strings.Contains(plain, "socket transparent") || strings.Contains(plain, "ip rule") {
+	if strings.Contains(plain, "tproxy") || strings.Contains(plain, "socket transparent") || strings.Contains(plain, "ip rule") ||
+		strings.Contains(plain, "raw_") || strings.Contains(plain, "ct zone") {
 		t.Errorf("Ruleset without Intercept has interception:\n%s", plain)
+	}
+	// Only the intercepted family gets the zone rules.
+	v4 := Ruleset(Config{Intercept: true, TProxy4: DefaultTProxy4, UpstreamZone: 7})
+	if !strings.Contains(v4, "meta nfproto ipv4 meta l4proto tcp tcp dport @intercept_ports ct zone set 7\n") ||
+		strings.Contains(v4, "meta nfproto ipv6 meta l4proto tcp tcp dport @intercept_ports ct zone") ||
+		strings.Contains(v4, "meta nfproto ipv6 meta l4proto tcp tcp sport @intercept_ports ct zone") {
+		t.Errorf("Ruleset intercepting IPv4 only: want IPv4 zone rules (zone 7) only:\n%s", v4)
 	}
 	if bad := Ruleset(Config{CTMark: 3, CTMask: 1}); !strings.HasPrefix(bad, "# nft: invalid config") {
 		t.Errorf("Ruleset of an invalid config: %q", bad)
@@ -80,7 +94,8 @@ func TestRulesetMatchesNew(t *testing.T) {
 		{},
 		{Intercept: true},
 		{Intercept: true, InterceptPorts: []uint16{990, 21}, CTMark: 0x4000, CTMask: 0xc000, FWMark: 7, RouteTable: 77,
-			TProxy4: netip.MustParseAddrPort("10.1.2.3:3021")},
+			TProxy4: netip.MustParseAddrPort("10.1.2.3:3021"), UpstreamZone: 0xffff},
+		{Intercept: true, TProxy6: netip.MustParseAddrPort("[fd77::1]:2121"), UpstreamZone: 1},
 	} {
 		viaNft, viaNew := newNS(t, "rsnft"), newNS(t, "rsnew")
 		viaNft.nft(t, Ruleset(cfg))

@@ -56,16 +56,11 @@ type Config struct {
 	// SourceNAT reports the address the server sees for a connection from
 	// local to remote (it differs from local when the gateway masquerades).
 	// Nil: clients are taken as not NAT'ed.
-	SourceNAT func(local, remote netip.AddrPort) (netip.Addr, error)
-	// UpstreamMark, when not zero, is set on transparent upstream sockets
-	// (SO_MARK): the firewall gives their connections a conntrack zone of
-	// their own, so that an upstream tuple can never collide with an
-	// intercepted client's (both use the client's address).
-	UpstreamMark uint32
-	PinholeTTL   time.Duration // how long an unused opening lives; default 30s
-	DialTimeout  time.Duration // upstream connect timeout; default 10s
-	MaxLine      int           // line cap in bytes; default MaxLine
-	MaxPending   int           // unused openings kept per session; older ones are revoked; default 8
+	SourceNAT   func(local, remote netip.AddrPort) (netip.Addr, error)
+	PinholeTTL  time.Duration // how long an unused opening lives; default 30s
+	DialTimeout time.Duration // upstream connect timeout; default 10s
+	MaxLine     int           // line cap in bytes; default MaxLine
+	MaxPending  int           // unused openings kept per session; older ones are revoked; default 8
 	// Limits.
 	MaxSessions          int           // open sessions in all; default 1024
 	MaxSessionsPerClient int           // open sessions per client address; default 32
@@ -371,28 +366,12 @@ func dialReverse(s *session) (net.Conn, error) {
 }
 
 // dialFrom connects to dst from src's address (any port), as the client would.
-// A non-zero mark is set on the socket (SO_MARK) so that the firewall can keep
-// these connections' conntrack entries apart from the intercepted ones.
-func dialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration, mark uint32) (net.Conn, error) {
+func dialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{
 		Timeout:   timeout,
 		KeepAlive: -1,
 		LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)),
-		Control: func(network, address string, rc syscall.RawConn) error {
-			if err := transparentControl(network, address, rc); err != nil || mark == 0 {
-				return err
-			}
-			var serr error
-			if err := rc.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-			}); err != nil {
-				return err
-			}
-			if serr != nil {
-				return fmt.Errorf("set SO_MARK: %w", serr)
-			}
-			return nil
-		},
+		Control:   transparentControl,
 	}
 	return d.DialContext(ctx, "tcp", dst.String())
 }

@@ -181,7 +181,7 @@ func dialTransparent(s *session) (net.Conn, error) {
 		s.refused(ReasonLoop, "direct connection to the listener", "dst", dst.String())
 		return nil, errors.New("this port only serves intercepted connections")
 	}
-	up, err := dialFrom(s.ctx, s.clientAddr, dst, s.cfg.DialTimeout, s.cfg.UpstreamMark)
+	up, err := dialFrom(s.ctx, s.clientAddr, dst, s.cfg.DialTimeout)
 	if err != nil {
 		s.refused(ReasonUpstream, "cannot reach server", "dst", dst.String(), "err", err)
 		return nil, fmt.Errorf("cannot reach the FTP server %s", dst)
