@@ -457,3 +457,43 @@ func TestOperatorCommands(t *testing.T) {
 	// of changes to an owned table).
 	l.Client.Run(t, "nft", "-c", "-f", dry)
 }
+
+// Data bytes come from the kernel (conntrack accounting, destroy events): the
+// data never passes through ftpgate, yet it is counted per direction.
+func TestDataBytesFromConntrack(t *testing.T) {
+	requireLabEnv(t)
+	requireFtpgate(t)
+	t.Parallel()
+	l := NewLab(t)
+	// Entries are destroyed after TIME_WAIT (120 s by default): shorten it.
+	sysctl(t, l.Gateway, true, "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1")
+	l.HostFirewall(t, true)
+	srv := l.StartVsftpd(t)
+	g := l.StartFtpgate(t)
+	size := float64(len(srv.Files[RandomFile]))
+	for _, m := range []Mode{ModePASV, ModePORT} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		got, err := CurlGet(ctx, l.Client, l.ServerIP4, RandomFile, m)
+		cancel()
+		if err != nil || len(got) != len(srv.Files[RandomFile]) {
+			t.Fatalf("%s download: %d bytes, %v", m, len(got), err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	err := CurlPut(ctx, l.Client, l.ServerIP4, "bytes.bin", srv.Files[RandomFile][:256<<10], ModeEPSV)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := `ftpgate_data_bytes_total{direction="server_to_client"}`
+	up := `ftpgate_data_bytes_total{direction="client_to_server"}`
+	if !waitFor(20*time.Second, func() bool { return g.Metric(t, down) >= 2*size && g.Metric(t, up) >= 256<<10 }) {
+		t.Fatalf("data bytes: %v down (want >= %v), %v up (want >= %v)", g.Metric(t, down), 2*size, g.Metric(t, up), 256<<10)
+	}
+	if n := g.Metric(t, `ftpgate_data_connections_total{direction="server_to_client"}`); n < 2 {
+		t.Errorf("downloads counted %v, want 2", n)
+	}
+	if n := g.Metric(t, `ftpgate_data_connections_total{direction="client_to_server"}`); n < 1 {
+		t.Errorf("uploads counted %v, want 1", n)
+	}
+}

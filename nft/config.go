@@ -98,6 +98,12 @@ type Config struct {
 	// goroutine calling Pinhole.Close / Open / Firewall.Close. It must not
 	// block and must not call Firewall.Close.
 	OnPinholeEnd func(f proxy.Flow, used bool)
+	// OnDataEnd, if not nil, is called when the conntrack entry of a data
+	// connection admitted by a pinhole is destroyed, with the kernel's byte
+	// counters of its original and reply directions (zero unless
+	// net.netfilter.nf_conntrack_acct=1). TCP entries outlive the connection
+	// by the conntrack TIME_WAIT timeout.
+	OnDataEnd func(f proxy.Flow, origBytes, replyBytes uint64)
 }
 
 // withDefaults returns cfg with defaults filled in and checks it.

@@ -22,20 +22,22 @@ const (
 // ctEvents watches conntrack NEW events of the namespace it was started in
 // and reports new TCP connections carrying the given mark.
 type ctEvents struct {
-	conn    *conntrack.Conn
-	evCh    chan conntrack.Event
-	errCh   chan error
-	stopCh  chan struct{}
-	done    sync.WaitGroup
-	matches func(mark uint32) bool
-	onNew   func(pinKey)
-	onErr   func(error)
+	conn      *conntrack.Conn
+	evCh      chan conntrack.Event
+	errCh     chan error
+	stopCh    chan struct{}
+	done      sync.WaitGroup
+	matches   func(mark uint32) bool
+	onNew     func(k pinKey, id uint32)
+	onDestroy func(id uint32, origBytes, replyBytes uint64)
+	onErr     func(error)
 }
 
 // startCTEvents opens the conntrack event socket in the calling thread's
 // namespace. onNew is called for every new TCP connection whose ct mark
-// satisfies matches; onErr for listener errors.
-func startCTEvents(matches func(uint32) bool, onNew func(pinKey), onErr func(error)) (*ctEvents, error) {
+// satisfies matches, onDestroy when such a connection's entry goes (with the
+// kernel's byte counters, when accounting is on); onErr for listener errors.
+func startCTEvents(matches func(uint32) bool, onNew func(pinKey, uint32), onDestroy func(uint32, uint64, uint64), onErr func(error)) (*ctEvents, error) {
 	c, err := conntrack.Dial(nil)
 	if err != nil {
 		return nil, wrap("conntrack", "open netlink socket", err)
@@ -52,14 +54,15 @@ func startCTEvents(matches func(uint32) bool, onNew func(pinKey), onErr func(err
 		return nil, wrap("conntrack", "set NETLINK_NO_ENOBUFS", err)
 	}
 	ev := &ctEvents{
-		conn:    c,
-		evCh:    make(chan conntrack.Event, 1024),
-		stopCh:  make(chan struct{}),
-		matches: matches,
-		onNew:   onNew,
-		onErr:   onErr,
+		conn:      c,
+		evCh:      make(chan conntrack.Event, 1024),
+		stopCh:    make(chan struct{}),
+		matches:   matches,
+		onNew:     onNew,
+		onDestroy: onDestroy,
+		onErr:     onErr,
 	}
-	ev.errCh, err = c.Listen(ev.evCh, ctWorkers, []netfilter.NetlinkGroup{netfilter.GroupCTNew})
+	ev.errCh, err = c.Listen(ev.evCh, ctWorkers, []netfilter.NetlinkGroup{netfilter.GroupCTNew, netfilter.GroupCTDestroy})
 	if err != nil {
 		_ = c.Close()
 		return nil, wrap("conntrack", "subscribe to new-connection events", err)
@@ -100,18 +103,23 @@ func (ev *ctEvents) run() {
 }
 
 func (ev *ctEvents) handle(e conntrack.Event) {
-	if e.Type != conntrack.EventNew || e.Flow == nil {
+	if e.Flow == nil {
 		return
 	}
 	t := e.Flow.TupleOrig
 	if t.Proto.Protocol != unix.IPPROTO_TCP || !ev.matches(e.Flow.Mark) {
 		return
 	}
-	ev.onNew(pinKey{
-		src:  t.IP.SourceAddress.Unmap(),
-		dst:  t.IP.DestinationAddress.Unmap(),
-		port: t.Proto.DestinationPort,
-	})
+	switch e.Type {
+	case conntrack.EventNew:
+		ev.onNew(pinKey{
+			src:  t.IP.SourceAddress.Unmap(),
+			dst:  t.IP.DestinationAddress.Unmap(),
+			port: t.Proto.DestinationPort,
+		}, e.Flow.ID)
+	case conntrack.EventDestroy:
+		ev.onDestroy(e.Flow.ID, e.Flow.CountersOrig.Bytes, e.Flow.CountersReply.Bytes)
+	}
 }
 
 // stop closes the socket and waits for every goroutine to end.

@@ -37,8 +37,11 @@ type Firewall struct {
 	mu      sync.Mutex
 	closed  bool
 	entries map[pinKey]*pinhole
-	active  int
-	timers  sync.WaitGroup // running or pending expiry callbacks
+	// dataConns maps conntrack IDs of admitted data connections to their
+	// flows until the entries are destroyed (for OnDataEnd); bounded.
+	dataConns map[uint32]proxy.Flow
+	active    int
+	timers    sync.WaitGroup // running or pending expiry callbacks
 
 	events  *ctEvents // nil when the conntrack listener could not start
 	janitor janitor   // removes the NAT data of used NAT pinholes
@@ -78,7 +81,7 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}, janitor: newJanitor()}
+	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}, dataConns: map[uint32]proxy.Flow{}, janitor: newJanitor()}
 	fw.conn, err = nftables.New(nftables.AsLasting())
 	if err != nil {
 		return nil, wrap("nftables", "open netlink socket", err)
@@ -100,7 +103,7 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 			return nil, err
 		}
 	}
-	fw.events, err = startCTEvents(fw.ownMark, fw.onConnNew, func(err error) {
+	fw.events, err = startCTEvents(fw.ownMark, fw.onConnNew, fw.onConnDestroy, func(err error) {
 		log.Warn("nft: conntrack events lost; pinholes used from now on may be reported as expired", "err", err)
 	})
 	if err != nil {
@@ -411,11 +414,14 @@ func (p *pinhole) expire() {
 func (fw *Firewall) ownMark(mark uint32) bool { return mark&fw.cfg.CTMask == fw.cfg.CTMark }
 
 // onConnNew is called for every new TCP conntrack entry carrying our mark.
-func (fw *Firewall) onConnNew(k pinKey) {
+func (fw *Firewall) onConnNew(k pinKey, id uint32) {
 	fw.mu.Lock()
 	var ended []*pinhole
 	if e := fw.entries[k]; e != nil && fw.endLocked(e, true) {
 		ended = append(ended, e)
+		if fw.cfg.OnDataEnd != nil && len(fw.dataConns) < maxDataConns {
+			fw.dataConns[id] = e.flow
+		}
 		if e.isNAT() {
 			// The connection consumed the one-shot key; its DNAT/SNAT data
 			// has served (NAT is bound to the conntrack entry) and goes too.
@@ -424,6 +430,21 @@ func (fw *Firewall) onConnNew(k pinKey) {
 	}
 	fw.mu.Unlock()
 	fw.notify(ended)
+}
+
+// maxDataConns bounds the data connections followed until their conntrack
+// entries go; beyond it their bytes are not counted.
+const maxDataConns = 1 << 16
+
+// onConnDestroy reports a followed data connection's byte counters.
+func (fw *Firewall) onConnDestroy(id uint32, origBytes, replyBytes uint64) {
+	fw.mu.Lock()
+	f, ok := fw.dataConns[id]
+	delete(fw.dataConns, id)
+	fw.mu.Unlock()
+	if ok {
+		fw.cfg.OnDataEnd(f, origBytes, replyBytes)
+	}
 }
 
 // Close revokes the pinhole if it is still open. It is idempotent.

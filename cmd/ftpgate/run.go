@@ -80,7 +80,7 @@ func runCmd(args []string) error {
 		}
 		return fw.Active()
 	}})
-	ncfg.OnPinholeEnd = m.PinholeEnded
+	ncfg.OnPinholeEnd, ncfg.OnDataEnd = m.PinholeEnded, m.DataConnectionEnded
 
 	// Listeners first: a port in use should fail before the ruleset changes.
 	var lns []net.Listener
