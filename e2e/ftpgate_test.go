@@ -428,11 +428,14 @@ func TestOperatorCommands(t *testing.T) {
 	l, _, _ := newGatewayLab(t)
 	bin := requireFtpgate(t)
 	c := dialControl(t, l, l.ServerIP4)
-	c.cmd("NOOP", "200")
+	ap := parse227(t, c.cmd("PASV", "227"))
 
 	out := l.Gateway.Run(t, bin, "status")
 	if !strings.Contains(out, "1 sessions") || !strings.Contains(out, l.ClientIP4.String()) || !strings.Contains(out, "anonymous") {
 		t.Errorf("status does not show the session:\n%s", out)
+	}
+	if !strings.Contains(out, "1 pinholes open") || !strings.Contains(out, ap.String()) {
+		t.Errorf("status does not list the pinhole to %s:\n%s", ap, out)
 	}
 
 	// check: the lab's host firewall has the ct-mark line.

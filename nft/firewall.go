@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -221,6 +222,27 @@ func (fw *Firewall) Active() int {
 	return fw.active
 }
 
+// PinholeInfo describes one open pinhole, for 'ftpgate status'.
+type PinholeInfo struct {
+	Flow    proxy.Flow `json:"-"`
+	Desc    string     `json:"flow"`
+	Expires time.Time  `json:"expires"`
+}
+
+// Pinholes lists the pinholes still open (neither used nor expired).
+func (fw *Firewall) Pinholes() []PinholeInfo {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	var list []PinholeInfo
+	for _, e := range fw.entries {
+		if !e.ended && !e.revoked {
+			list = append(list, PinholeInfo{Flow: e.flow, Desc: e.flow.String(), Expires: e.expires})
+		}
+	}
+	slices.SortFunc(list, func(a, b PinholeInfo) int { return a.Expires.Compare(b.Expires) })
+	return list
+}
+
 // pinhole is one opening: an element of pin4/pin6 (plain), or elements of
 // natpin4/6, dnat4/6 and optionally snat4/6 with the same key (NAT).
 type pinhole struct {
@@ -230,8 +252,9 @@ type pinhole struct {
 	nat     natSpec // zero for a plain pinhole
 	fa      *family
 	timer   *time.Timer
-	ended   bool // OnPinholeEnd was (or is about to be) called
-	revoked bool // Close found the element gone; waiting for used/expired
+	expires time.Time // when the kernel drops the element if unused
+	ended   bool      // OnPinholeEnd was (or is about to be) called
+	revoked bool      // Close found the element gone; waiting for used/expired
 	used    bool
 	done    chan struct{} // closed by endLocked, when ended is set
 }
@@ -308,6 +331,7 @@ func (fw *Firewall) Open(ctx context.Context, f proxy.Flow, ttl time.Duration) (
 		ended = append(ended, cur)
 	}
 	fw.entries[key] = p
+	p.expires = time.Now().Add(ttl)
 	fw.active++
 	fw.timers.Add(1)
 	p.timer = time.AfterFunc(ttl+expireGrace, p.expire)

@@ -119,7 +119,8 @@ func runCmd(args []string) error {
 			return fmt.Errorf("--metrics-listen %s: %w", o.metricsListen, err)
 		}
 		status := func() any {
-			return statusReport{Version: version, Mode: o.mode, Sessions: srv.Snapshot(), PinholesActive: fw.Active()}
+			return statusReport{Version: version, Mode: o.mode, Sessions: srv.Snapshot(),
+				PinholesActive: fw.Active(), Pinholes: fw.Pinholes()}
 		}
 		httpSrv = &http.Server{Handler: metrics.Handler(reg, ready.Load, status), ReadHeaderTimeout: 5 * time.Second}
 		go httpSrv.Serve(mln)

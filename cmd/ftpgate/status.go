@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ftpgate/ftpgate/nft"
 	"github.com/ftpgate/ftpgate/proxy"
 )
 
@@ -17,6 +18,7 @@ type statusReport struct {
 	Mode           string              `json:"mode"`
 	Sessions       []proxy.SessionInfo `json:"sessions"`
 	PinholesActive int                 `json:"pinholes_active"`
+	Pinholes       []nft.PinholeInfo   `json:"pinholes"`
 }
 
 // statusCmd asks the running daemon (on --metrics-listen) what it is doing.
@@ -40,10 +42,18 @@ func statusCmd(args []string, w io.Writer) error {
 		return fmt.Errorf("%s: %v", url, err)
 	}
 	fmt.Fprintf(w, "ftpgate %s, %s mode: %d sessions, %d pinholes open\n", st.Version, st.Mode, len(st.Sessions), st.PinholesActive)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if len(st.Pinholes) > 0 {
+		fmt.Fprintln(tw, "\nPINHOLE\tEXPIRES IN")
+		for _, p := range st.Pinholes {
+			fmt.Fprintf(tw, "%s\t%s\n", p.Desc, time.Until(p.Expires).Round(time.Second))
+		}
+		tw.Flush()
+	}
 	if len(st.Sessions) == 0 {
 		return nil
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "ID\tCLIENT\tSERVER\tUSER\tAGE\tCOMMANDS\tAWAITING")
 	for _, s := range st.Sessions {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%d\n", s.ID, s.Client, s.Server, s.User,
