@@ -62,10 +62,16 @@ func hostForwardDrop(t *testing.T, ns *testNS) {
 // acceptor listens on addr inside ns; every accepted connection is echoed
 // and sent on the returned channel.
 func acceptor(t *testing.T, ns *testNS, addr string) <-chan net.Conn {
+	return echoAcceptor(t, ns, addr, net.ListenConfig{})
+}
+
+// echoAcceptor is acceptor with a listen configuration (e.g. IP_TRANSPARENT).
+func echoAcceptor(t *testing.T, ns *testNS, addr string, lc net.ListenConfig) <-chan net.Conn {
+	t.Helper()
 	var ln net.Listener
 	ns.do(t, func() {
 		var err error
-		ln, err = net.Listen("tcp", addr)
+		ln, err = lc.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			t.Fatalf("listen %s: %v", addr, err)
 		}

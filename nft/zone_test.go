@@ -1,7 +1,6 @@
 package nft
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -35,36 +33,7 @@ const collisionPort = 40021
 // returned channel.
 func transparentAcceptor(t *testing.T, ns *testNS, addr string) <-chan net.Conn {
 	t.Helper()
-	var ln net.Listener
-	ns.do(t, func() {
-		var err error
-		lc := net.ListenConfig{Control: transparent}
-		ln, err = lc.Listen(context.Background(), "tcp", addr)
-		if err != nil {
-			t.Fatalf("transparent listen %s: %v", addr, err)
-		}
-	})
-	ch := make(chan net.Conn, 16)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			ch <- c
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	return ch
+	return echoAcceptor(t, ns, addr, net.ListenConfig{Control: transparent})
 }
 
 // dialPort connects from local inside ns, with local's port; with
