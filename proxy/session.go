@@ -626,7 +626,11 @@ func (s *session) finishReply(code int, line string) bool {
 	out := line
 	switch code {
 	case 227, 229:
-		if want := map[int]string{227: "PASV", 229: "EPSV"}[code]; head.verb != want {
+		want := "PASV"
+		if code == 229 {
+			want = "EPSV"
+		}
+		if head.verb != want {
 			s.refused(ReasonUnpaired, fmt.Sprintf("%d reply to %s", code, head.verb), "line", truncate(line))
 			out = fmt.Sprintf("451 ftpgate: refused a %d reply to %s", code, head.verb)
 		} else {
