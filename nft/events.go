@@ -1,113 +1,149 @@
 package nft
 
 import (
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
-	"github.com/ti-mo/netfilter"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
+// ctReadBuffer is the receive buffer asked for the conntrack event socket;
+// the kernel caps it at net.core.rmem_max.
+const ctReadBuffer = 8 << 20
+
+// Conntrack multicast groups (linux/netfilter/nfnetlink.h, enum nfnetlink_groups).
 const (
-	// ctReadBuffer is the receive buffer asked for the conntrack event socket;
-	// the kernel caps it at net.core.rmem_max.
-	ctReadBuffer = 8 << 20
-	// ctWorkers decode events; a decode error ends one worker, so more than
-	// one keeps the listener alive.
-	ctWorkers = 2
+	groupCTNew     = 1 // NFNLGRP_CONNTRACK_NEW
+	groupCTDestroy = 3 // NFNLGRP_CONNTRACK_DESTROY
 )
 
-// ctEvents watches conntrack NEW events of the namespace it was started in
-// and reports new TCP connections carrying the given mark.
+// ctEvents watches conntrack events of the namespace it was started in and
+// reports new (and, if asked, destroyed) TCP connections carrying ftpgate's
+// ct mark. A socket filter in the kernel drops every other event, so a busy
+// gateway's unrelated connections — including every intercepted control
+// connection — cost ftpgate no wakeup and no decoding.
 type ctEvents struct {
-	conn      *conntrack.Conn
-	evCh      chan conntrack.Event
-	errCh     chan error
-	stopCh    chan struct{}
-	done      sync.WaitGroup
-	matches   func(mark uint32) bool
+	conn      *netlink.Conn
+	filtered  bool // the kernel filters by mark (else only userspace does)
+	mark      uint32
+	mask      uint32
 	onNew     func(k pinKey, id uint32)
 	onDestroy func(id uint32, origBytes, replyBytes uint64)
 	onErr     func(error)
+	stopping  atomic.Bool
+	done      sync.WaitGroup
 }
 
 // startCTEvents opens the conntrack event socket in the calling thread's
-// namespace. onNew is called for every new TCP connection whose ct mark
-// satisfies matches, onDestroy when such a connection's entry goes (with the
-// kernel's byte counters, when accounting is on); onErr for listener errors.
-func startCTEvents(matches func(uint32) bool, onNew func(pinKey, uint32), onDestroy func(uint32, uint64, uint64), onErr func(error)) (*ctEvents, error) {
-	c, err := conntrack.Dial(nil)
+// namespace. onNew is called for every new TCP connection whose ct mark is
+// mark under mask; onDestroy (if not nil) when such a connection's entry
+// goes, with the kernel's byte counters (when accounting is on); onErr for
+// listener errors, after which it keeps listening.
+func startCTEvents(mark, mask uint32, onNew func(pinKey, uint32), onDestroy func(uint32, uint64, uint64), onErr func(error)) (*ctEvents, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return nil, wrap("conntrack", "open netlink socket", err)
 	}
-	// A burst of connections must not overflow the socket and end the
-	// listener: ask for a large buffer and for no ENOBUFS errors (lost
-	// events only make a used pinhole look expired).
-	if err := c.SetReadBuffer(ctReadBuffer); err != nil {
+	ev := &ctEvents{conn: c, mark: mark, mask: mask, onNew: onNew, onDestroy: onDestroy, onErr: onErr}
+	if err := ev.setup(); err != nil {
 		_ = c.Close()
-		return nil, wrap("conntrack", "set receive buffer", err)
-	}
-	if err := c.SetOption(netlink.NoENOBUFS, true); err != nil {
-		_ = c.Close()
-		return nil, wrap("conntrack", "set NETLINK_NO_ENOBUFS", err)
-	}
-	ev := &ctEvents{
-		conn:      c,
-		evCh:      make(chan conntrack.Event, 1024),
-		stopCh:    make(chan struct{}),
-		matches:   matches,
-		onNew:     onNew,
-		onDestroy: onDestroy,
-		onErr:     onErr,
-	}
-	ev.errCh, err = c.Listen(ev.evCh, ctWorkers, []netfilter.NetlinkGroup{netfilter.GroupCTNew, netfilter.GroupCTDestroy})
-	if err != nil {
-		_ = c.Close()
-		return nil, wrap("conntrack", "subscribe to new-connection events", err)
+		return nil, err
 	}
 	ev.done.Add(1)
 	go ev.run()
 	return ev, nil
 }
 
+func (ev *ctEvents) setup() error {
+	// A burst of connections must not overflow the socket: ask for a large
+	// buffer and for no ENOBUFS errors (a lost event only makes a used
+	// pinhole look expired).
+	if err := ev.conn.SetReadBuffer(ctReadBuffer); err != nil {
+		return wrap("conntrack", "set receive buffer", err)
+	}
+	if err := ev.conn.SetOption(netlink.NoENOBUFS, true); err != nil {
+		return wrap("conntrack", "set NETLINK_NO_ENOBUFS", err)
+	}
+	// The filter goes on before joining, so no unfiltered event is queued.
+	// Without it (it cannot fail on a kernel ftpgate runs on, but if it
+	// did) the events are filtered below, only at a higher cost.
+	if prog, err := markFilter(ev.mark, ev.mask); err == nil && ev.conn.SetBPF(prog) == nil {
+		ev.filtered = true
+	}
+	groups := []uint32{groupCTNew}
+	if ev.onDestroy != nil {
+		groups = append(groups, groupCTDestroy)
+	}
+	for _, g := range groups {
+		if err := ev.conn.JoinGroup(g); err != nil {
+			return wrap("conntrack", "subscribe to connection events", err)
+		}
+	}
+	return nil
+}
+
+// Attribute layout of a ctnetlink event (linux/netfilter/nfnetlink_conntrack.h).
+const (
+	ctaMark      = 8                     // CTA_MARK, a big-endian u32
+	ctAttrOffset = unix.NLMSG_HDRLEN + 4 // first attribute: after nlmsghdr and the 4-byte nfgenmsg
+)
+
+// markFilter is a socket filter accepting ctnetlink events whose CTA_MARK
+// attribute, masked, equals mark; events without one (mark 0) are dropped.
+func markFilter(mark, mask uint32) ([]bpf.RawInstruction, error) {
+	return bpf.Assemble([]bpf.Instruction{
+		bpf.LoadConstant{Dst: bpf.RegA, Val: ctAttrOffset},
+		bpf.LoadConstant{Dst: bpf.RegX, Val: ctaMark},
+		// A = offset of the first attribute of type X at or after A, or 0.
+		bpf.LoadExtension{Num: bpf.ExtNetlinkAttr},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 4},
+		bpf.TAX{},
+		bpf.LoadIndirect{Off: 4, Size: 4}, // the value, after the 4-byte nlattr header
+		bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: mask},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: mark & mask, SkipTrue: 1},
+		bpf.RetConstant{Val: 0},
+		bpf.RetConstant{Val: 0xffffffff},
+	})
+}
+
 func (ev *ctEvents) run() {
 	defer ev.done.Done()
-	alive := ctWorkers
 	for {
-		select {
-		case e := <-ev.evCh:
-			ev.handle(e)
-		case err := <-ev.errCh:
-			alive--
-			ev.onErr(fmt.Errorf("conntrack event listener: %w (%d of %d readers left)", err, alive, ctWorkers))
-		case <-ev.stopCh:
-			// conntrack.Conn.Close waits for its workers, which may be blocked
-			// sending to evCh/errCh: keep draining until it returns.
-			closed := make(chan struct{})
-			go func() {
-				_ = ev.conn.Close()
-				close(closed)
-			}()
-			for {
-				select {
-				case <-ev.evCh:
-				case <-ev.errCh:
-				case <-closed:
-					return
-				}
+		msgs, err := ev.conn.Receive()
+		if ev.stopping.Load() {
+			return
+		}
+		if err != nil {
+			// With NETLINK_NO_ENOBUFS the socket has no transient errors;
+			// anything else is reported once and ends the listener.
+			if !errors.Is(err, unix.EINTR) {
+				ev.onErr(fmt.Errorf("conntrack event listener: %w", err))
+				return
 			}
+			continue
+		}
+		for _, m := range msgs {
+			ev.handle(m)
 		}
 	}
 }
 
-func (ev *ctEvents) handle(e conntrack.Event) {
+func (ev *ctEvents) handle(m netlink.Message) {
+	var e conntrack.Event
+	if err := e.Unmarshal(m); err != nil {
+		ev.onErr(fmt.Errorf("conntrack event: %w", err))
+		return
+	}
 	if e.Flow == nil {
 		return
 	}
 	t := e.Flow.TupleOrig
-	if t.Proto.Protocol != unix.IPPROTO_TCP || !ev.matches(e.Flow.Mark) {
+	if t.Proto.Protocol != unix.IPPROTO_TCP || e.Flow.Mark&ev.mask != ev.mark&ev.mask {
 		return
 	}
 	switch e.Type {
@@ -118,12 +154,15 @@ func (ev *ctEvents) handle(e conntrack.Event) {
 			port: t.Proto.DestinationPort,
 		}, e.Flow.ID)
 	case conntrack.EventDestroy:
-		ev.onDestroy(e.Flow.ID, e.Flow.CountersOrig.Bytes, e.Flow.CountersReply.Bytes)
+		if ev.onDestroy != nil {
+			ev.onDestroy(e.Flow.ID, e.Flow.CountersOrig.Bytes, e.Flow.CountersReply.Bytes)
+		}
 	}
 }
 
-// stop closes the socket and waits for every goroutine to end.
+// stop closes the socket and waits for the listener to end.
 func (ev *ctEvents) stop() {
-	close(ev.stopCh)
+	ev.stopping.Store(true)
+	_ = ev.conn.Close()
 	ev.done.Wait()
 }

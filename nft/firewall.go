@@ -104,7 +104,11 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 			return nil, err
 		}
 	}
-	fw.events, err = startCTEvents(fw.ownMark, fw.onConnNew, fw.onConnDestroy, func(err error) {
+	var onDestroy func(uint32, uint64, uint64)
+	if cfg.OnDataEnd != nil {
+		onDestroy = fw.onConnDestroy
+	}
+	fw.events, err = startCTEvents(cfg.CTMark, cfg.CTMask, fw.onConnNew, onDestroy, func(err error) {
 		log.Warn("nft: conntrack events lost; pinholes used from now on may be reported as expired", "err", err)
 	})
 	if err != nil {
@@ -433,9 +437,6 @@ func (p *pinhole) expire() {
 	fw.mu.Unlock()
 	fw.notify(ended)
 }
-
-// ownMark reports whether a ct mark carries ftpgate's mark.
-func (fw *Firewall) ownMark(mark uint32) bool { return mark&fw.cfg.CTMask == fw.cfg.CTMark }
 
 // onConnNew is called for every new TCP conntrack entry carrying our mark.
 func (fw *Firewall) onConnNew(k pinKey, id uint32) {
