@@ -9,11 +9,13 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
-	"github.com/vishvananda/netlink"
+	vnetlink "github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/ftpgate/ftpgate/proxy"
@@ -32,7 +34,7 @@ type Firewall struct {
 	nlMu sync.Mutex
 	conn *nftables.Conn // lasting; the table is owned by this socket
 
-	rt     *netlink.Handle // rtnetlink in the Firewall's namespace (nil unless Intercept)
+	rt     *vnetlink.Handle // rtnetlink in the Firewall's namespace (nil unless Intercept)
 	routes routing
 
 	mu      sync.Mutex
@@ -44,8 +46,21 @@ type Firewall struct {
 	active    int
 	timers    sync.WaitGroup // running or pending expiry callbacks
 
+	// natDirty holds the keys whose DNAT/SNAT map elements an ended NAT
+	// pinhole may have left in the kernel; the janitor removes them, and an
+	// Open of such a key destroys them first. Guarded by mu.
+	natDirty map[pinKey]struct{}
+
+	// Openings queue here and are committed together: whoever finds no
+	// commit running commits everything queued in one netlink batch, so
+	// concurrent Opens cost one kernel round trip, not one each.
+	pendMu     sync.Mutex
+	pending    []*openReq
+	committing bool
+	batches    atomic.Uint64 // netlink batches that carried openings
+
 	events  *ctEvents // nil when the conntrack listener could not start
-	janitor janitor   // removes the NAT data of used NAT pinholes
+	janitor janitor   // removes the NAT data of ended NAT pinholes
 
 	// ctq queries conntrack (SourceAddress); nil if it could not be opened,
 	// with ctqErr saying why. ctqMu guards its use and closing.
@@ -82,8 +97,9 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}, dataConns: map[uint32]proxy.Flow{}, janitor: newJanitor()}
-	fw.conn, err = nftables.New(nftables.AsLasting())
+	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}, dataConns: map[uint32]proxy.Flow{},
+		natDirty: map[pinKey]struct{}{}, janitor: newJanitor()}
+	fw.conn, err = nftables.New(nftables.AsLasting(), nftables.WithSockOptions(sizeBuffers))
 	if err != nil {
 		return nil, wrap("nftables", "open netlink socket", err)
 	}
@@ -92,7 +108,7 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 		return nil, err
 	}
 	if cfg.Intercept {
-		fw.rt, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+		fw.rt, err = vnetlink.NewHandle(unix.NETLINK_ROUTE)
 		if err != nil {
 			fw.removeTable()
 			return nil, wrap("netlink", "open rtnetlink socket", err)
@@ -129,6 +145,18 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 	}
 	log.Info("nft: installed", args...)
 	return fw, nil
+}
+
+// nlBuffer is the send and receive buffer of the nftables socket (the kernel
+// caps it at net.core.wmem_max/rmem_max). Set once here, it spares every
+// batch the buffer-size system calls google/nftables makes otherwise.
+const nlBuffer = 4 << 20
+
+func sizeBuffers(c *netlink.Conn) error {
+	if err := c.SetWriteBuffer(nlBuffer); err != nil {
+		return err
+	}
+	return c.SetReadBuffer(nlBuffer)
 }
 
 // install creates the owner table with everything in it in one batch.
@@ -293,54 +321,10 @@ func (fw *Firewall) Open(ctx context.Context, f proxy.Flow, ttl time.Duration) (
 		return nil, fmt.Errorf("nft: pinhole %s: %w", f, err)
 	}
 
-	fw.nlMu.Lock()
-	defer fw.nlMu.Unlock()
-	fw.mu.Lock()
-	if fw.closed {
-		fw.mu.Unlock()
-		return nil, ErrClosed
-	}
-	old := fw.entries[key]
-	fw.mu.Unlock()
-
 	p := &pinhole{fw: fw, flow: f, key: key, nat: nat, fa: familyOf(key.src), done: make(chan struct{})}
-	kb := p.keyBytes()
-	// Replace what the kernel may hold for this key: the elements of an
-	// outstanding pinhole (refresh), and for a NAT pinhole also the DNAT/SNAT
-	// data a used one may have left for the janitor — a stale snat element
-	// must not apply to a pinhole without SNAT. DESTROY ignores missing
-	// elements; the batch is atomic.
-	var stale []*nftables.Set
-	if old != nil {
-		stale = old.sets()
+	if err := fw.commit(&openReq{p: p, ttl: ttl, done: make(chan error, 1)}); err != nil {
+		return nil, err
 	}
-	if p.isNAT() {
-		stale = appendNew(stale, fw.natSets(p.fa)...)
-	}
-	if err := fw.queueDestroy(stale, kb); err != nil {
-		return nil, wrap("nftables", "refresh pinhole "+f.String(), err)
-	}
-	for _, e := range p.elements(ttl) {
-		if err := fw.conn.SetAddElements(e.set, []nftables.SetElement{e.elem}); err != nil {
-			return nil, wrap("nftables", "add pinhole "+f.String(), err)
-		}
-	}
-	if err := fw.conn.Flush(); err != nil {
-		return nil, wrap("nftables", "add pinhole "+f.String()+" to "+p.setNames(), err)
-	}
-
-	var ended []*pinhole
-	fw.mu.Lock()
-	if cur := fw.entries[key]; cur != nil && fw.endLocked(cur, false) {
-		ended = append(ended, cur)
-	}
-	fw.entries[key] = p
-	p.expires = time.Now().Add(ttl)
-	fw.active++
-	fw.timers.Add(1)
-	p.timer = time.AfterFunc(ttl+expireGrace, p.expire)
-	fw.mu.Unlock()
-	fw.notify(ended)
 	return p, nil
 }
 
@@ -409,6 +393,12 @@ func (fw *Firewall) endLocked(e *pinhole, used bool) bool {
 	if fw.entries[e.key] == e {
 		delete(fw.entries, e.key)
 	}
+	if e.isNAT() {
+		// Whether used, expired or replaced, its DNAT/SNAT data may still
+		// be in the kernel (a successful Close says otherwise afterwards).
+		fw.natDirty[e.key] = struct{}{}
+		fw.janitor.add(e)
+	}
 	return true
 }
 
@@ -447,11 +437,8 @@ func (fw *Firewall) onConnNew(k pinKey, id uint32) {
 		if fw.cfg.OnDataEnd != nil && len(fw.dataConns) < maxDataConns {
 			fw.dataConns[id] = e.flow
 		}
-		if e.isNAT() {
-			// The connection consumed the one-shot key; its DNAT/SNAT data
-			// has served (NAT is bound to the conntrack entry) and goes too.
-			fw.janitor.add(e)
-		}
+		// A NAT pinhole's DNAT/SNAT data has served (NAT is bound to the
+		// conntrack entry now): endLocked handed it to the janitor.
 	}
 	fw.mu.Unlock()
 	fw.notify(ended)
@@ -499,10 +486,12 @@ func (p *pinhole) Close() error {
 	cleanup := false
 	switch {
 	case err == nil:
-		// We removed it, so no connection consumed it.
+		// We removed it, so no connection consumed it; its NAT data went
+		// in the same batch.
 		if fw.endLocked(p, false) {
 			ended = append(ended, p)
 		}
+		delete(fw.natDirty, p.key)
 	case errors.Is(err, unix.ENOENT):
 		// Used or expired in the kernel already. Let the conntrack event or
 		// the expiry timer tell which; it no longer counts as active.
@@ -526,6 +515,12 @@ func (p *pinhole) Close() error {
 		}
 		if err != nil {
 			err = wrap("nftables", "remove the NAT data of pinhole "+p.flow.String(), err)
+		} else {
+			fw.mu.Lock()
+			if fw.entries[p.key] == nil {
+				delete(fw.natDirty, p.key)
+			}
+			fw.mu.Unlock()
 		}
 	}
 	fw.notify(ended)

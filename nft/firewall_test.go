@@ -2,6 +2,7 @@ package nft
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -810,5 +812,80 @@ func TestConcurrentOpenClose(t *testing.T) {
 	}
 	if n := rec.count(); n != workers*per {
 		t.Errorf("OnPinholeEnd called %d times, want %d (once per Open)", n, workers*per)
+	}
+}
+
+// TestConcurrentOpenSameKey: Opens of one key from many goroutines at once,
+// plain and NAT with different translations, committed in shared batches:
+// each replaces the one before, so exactly the last stays — in the kernel
+// too, with its own translation and no element of the others — and every
+// other ends unused.
+func TestConcurrentOpenSameKey(t *testing.T) {
+	requireRoot(t)
+	leakCheck(t)
+	ns := newNS(t, "samekey")
+	rec := newEnded()
+	fw := newFirewall(t, ns, Config{OnPinholeEnd: rec.hook})
+	const n = 48
+	src, dst := netip.MustParseAddr("10.77.5.1"), netip.MustParseAddrPort("10.77.6.2:2121")
+	snat := netip.MustParseAddr("10.77.7.1")
+	flows := make([]proxy.Flow, n)
+	for i := range flows {
+		flows[i] = proxy.Flow{Src: src, Dst: dst}
+		switch i % 3 {
+		case 1:
+			flows[i].Target = netip.AddrPortFrom(netip.MustParseAddr("10.77.7.2"), uint16(3000+i))
+		case 2:
+			flows[i].Target, flows[i].SNAT = netip.AddrPortFrom(netip.MustParseAddr("10.77.7.2"), uint16(3000+i)), snat
+		}
+	}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range flows {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if _, err := fw.Open(context.Background(), flows[i], time.Minute); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("%d Opens in %d netlink batches", n, fw.batches.Load())
+	if a := fw.Active(); a != 1 {
+		t.Errorf("Active() = %d, want 1", a)
+	}
+	if c := rec.count(); c != n-1 {
+		t.Errorf("OnPinholeEnd called %d times, want %d (every replaced Open)", c, n-1)
+	}
+	fw.mu.Lock()
+	last := fw.entries[pinKey{src: src, dst: dst.Addr(), port: dst.Port()}]
+	fw.mu.Unlock()
+	if last == nil {
+		t.Fatal("no outstanding pinhole")
+	}
+	fa, key := keyOf(last.flow)
+	got := natElements(t, ns, fa, []byte(key))
+	var want []string
+	switch {
+	case !last.flow.Target.IsValid():
+		want = []string{fa.pinSet}
+	case !last.flow.SNAT.IsValid():
+		want = []string{fa.natSet, fa.dnatMap}
+	default:
+		want = []string{fa.natSet, fa.dnatMap, fa.snatMap}
+	}
+	if g := names(got); !slices.Equal(g, want) {
+		t.Errorf("kernel holds %v for the key, want %v (last Open: %v)", g, want, last.flow)
+	}
+	if e, ok := got[fa.dnatMap]; ok && !bytes.Equal(e.Val, fa.dnatData(last.flow.Target)) {
+		t.Errorf("dnat data %x, want the last Open's target %v", e.Val, last.flow.Target)
 	}
 }

@@ -30,10 +30,12 @@ import (
 // language cannot hand data looked up for that delete on to the dnat
 // statement (it looks the element up again — after it was deleted), so such
 // a rule could not be written as the text Ruleset prints. So the one-shot
-// part is a set element and the maps only hold data. The map elements live expireGrace longer than the key, so a
-// connection that consumes the key at its last moment still finds them; once
-// a connection used the pinhole (conntrack NEW event) the janitor deletes
-// them, and Close deletes all of them. Only the NAT chains see the first
+// part is a set element and the maps only hold data. The map elements live
+// expireGrace longer than the key, so a connection that consumes the key at
+// its last moment still finds them; once the pinhole ended — used (conntrack
+// NEW event), expired or replaced — the janitor deletes them, and Close
+// deletes all of them. The Firewall tracks the keys that may still hold such
+// data (natDirty), so an Open destroys stale data only where some can be. Only the NAT chains see the first
 // packet of a connection (afterwards conntrack applies the binding), so the
 // maps need no deletion from the packet path.
 
@@ -117,7 +119,7 @@ func (fw *Firewall) queueDestroy(sets []*nftables.Set, key []byte) error {
 	return nil
 }
 
-// janitor removes the DNAT/SNAT data of used NAT pinholes, batching what
+// janitor removes the DNAT/SNAT data of ended NAT pinholes, batching what
 // piles up while it waits for the netlink socket.
 type janitor struct {
 	mu    sync.Mutex
@@ -166,7 +168,8 @@ func (j *janitor) shutdown() {
 }
 
 // removeNATData deletes the dnat/snat elements of ended NAT pinholes, unless
-// a newer pinhole owns the key (its Open replaced them already).
+// a newer pinhole owns the key (its Open replaced them already) or they are
+// known to be gone.
 func (fw *Firewall) removeNATData(q []*pinhole) {
 	fw.nlMu.Lock()
 	defer fw.nlMu.Unlock()
@@ -178,7 +181,7 @@ func (fw *Firewall) removeNATData(q []*pinhole) {
 	var queued []*pinhole
 	var err error
 	for _, p := range q {
-		if fw.entries[p.key] != nil {
+		if _, dirty := fw.natDirty[p.key]; !dirty || fw.entries[p.key] != nil {
 			continue
 		}
 		if err = fw.queueDestroy(p.sets()[1:], p.keyBytes()); err != nil {
@@ -191,8 +194,17 @@ func (fw *Firewall) removeNATData(q []*pinhole) {
 		return
 	}
 	// After a queueing error, send what was queued (destroys only) anyway.
-	if ferr := fw.conn.Flush(); ferr != nil && err == nil {
+	ferr := fw.conn.Flush()
+	if ferr != nil && err == nil {
 		err = ferr
+	}
+	if ferr == nil {
+		// nlMu is held: no Open registered a newer pinhole meanwhile.
+		fw.mu.Lock()
+		for _, p := range queued {
+			delete(fw.natDirty, p.key)
+		}
+		fw.mu.Unlock()
 	}
 	if err != nil {
 		fw.log.Warn("nft: cannot remove the NAT data of used pinholes; the kernel expires it with the pinholes' ttl",

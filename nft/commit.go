@@ -1,0 +1,167 @@
+package nft
+
+import (
+	"time"
+
+	"github.com/google/nftables"
+)
+
+// openReq is one Open waiting to be committed.
+type openReq struct {
+	p    *pinhole
+	ttl  time.Duration
+	done chan error // capacity 1; receives the outcome once
+}
+
+// commit queues r and returns once the kernel acknowledged (or refused) it.
+//
+// Group commit: the caller that finds no commit running becomes the
+// committer, takes everything queued and sends it as one netlink batch;
+// Opens arriving meanwhile queue up and go together in the next batch, which
+// a new goroutine commits so that the first committer returns with its own
+// result at once. At one Open at a time this is the plain round trip.
+func (fw *Firewall) commit(r *openReq) error {
+	fw.pendMu.Lock()
+	fw.pending = append(fw.pending, r)
+	lead := !fw.committing
+	fw.committing = true
+	fw.pendMu.Unlock()
+	if lead {
+		fw.commitPending()
+	}
+	return <-r.done
+}
+
+// commitPending commits one batch of queued Opens and hands on what queued
+// meanwhile.
+func (fw *Firewall) commitPending() {
+	fw.pendMu.Lock()
+	batch := fw.pending
+	fw.pending = nil
+	fw.pendMu.Unlock()
+
+	fw.commitBatch(batch)
+
+	fw.pendMu.Lock()
+	more := len(fw.pending) > 0
+	fw.committing = more
+	fw.pendMu.Unlock()
+	if more {
+		go fw.commitPending()
+	}
+}
+
+// commitBatch sends the openings of batch in one netlink batch. The batch is
+// atomic, so if the kernel refuses it each opening is retried on its own,
+// and only the failing ones fail.
+func (fw *Firewall) commitBatch(batch []*openReq) {
+	fw.nlMu.Lock()
+	defer fw.nlMu.Unlock()
+	fw.mu.Lock()
+	closed := fw.closed
+	fw.mu.Unlock()
+	if closed {
+		for _, r := range batch {
+			r.done <- ErrClosed
+		}
+		return
+	}
+
+	fw.batches.Add(1)
+	err := fw.queueOpens(batch)
+	if err == nil {
+		err = fw.conn.Flush()
+	}
+	if err == nil {
+		fw.register(batch)
+		return
+	}
+	if len(batch) == 1 {
+		batch[0].done <- wrap("nftables", "add pinhole "+batch[0].p.flow.String()+" to "+batch[0].p.setNames(), err)
+		return
+	}
+	for _, r := range batch {
+		one := []*openReq{r}
+		err := fw.queueOpens(one)
+		if err == nil {
+			err = fw.conn.Flush()
+		}
+		if err != nil {
+			r.done <- wrap("nftables", "add pinhole "+r.p.flow.String()+" to "+r.p.setNames(), err)
+			continue
+		}
+		fw.register(one)
+	}
+}
+
+// queueOpens queues the netlink messages of the openings, in order (no
+// Flush). For each it first destroys what the kernel may hold for its key:
+// the elements of the outstanding pinhole it replaces (refresh) — which may
+// be an earlier opening of the same batch — and the DNAT/SNAT data an ended
+// NAT pinhole of the key may have left (a stale snat element must not apply
+// to a pinhole without SNAT). DESTROY ignores missing elements. nlMu is held.
+func (fw *Firewall) queueOpens(batch []*openReq) error {
+	var inBatch map[pinKey]*pinhole
+	if len(batch) > 1 {
+		inBatch = make(map[pinKey]*pinhole, len(batch))
+	}
+	fw.mu.Lock()
+	stale := make([][]*nftables.Set, len(batch))
+	for i, r := range batch {
+		k := r.p.key
+		old := inBatch[k]
+		if old == nil {
+			old = fw.entries[k]
+		}
+		if old != nil {
+			stale[i] = old.sets()
+		}
+		if _, dirty := fw.natDirty[k]; dirty {
+			stale[i] = appendNew(stale[i], fw.natSets(r.p.fa)...)
+		}
+		if inBatch != nil {
+			inBatch[k] = r.p
+		}
+	}
+	fw.mu.Unlock()
+
+	for i, r := range batch {
+		p := r.p
+		kb := p.keyBytes()
+		if err := fw.queueDestroy(stale[i], kb); err != nil {
+			return err
+		}
+		for _, e := range p.elements(r.ttl) {
+			if err := fw.conn.SetAddElements(e.set, []nftables.SetElement{e.elem}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// register records the committed openings, in order, ends the pinholes they
+// replace and answers their callers. nlMu is held.
+func (fw *Firewall) register(batch []*openReq) {
+	var ended []*pinhole
+	now := time.Now()
+	fw.mu.Lock()
+	for _, r := range batch {
+		p := r.p
+		if cur := fw.entries[p.key]; cur != nil && fw.endLocked(cur, false) {
+			ended = append(ended, cur)
+		}
+		// The batch destroyed whatever older NAT data the key had.
+		delete(fw.natDirty, p.key)
+		fw.entries[p.key] = p
+		p.expires = now.Add(r.ttl)
+		fw.active++
+		fw.timers.Add(1)
+		p.timer = time.AfterFunc(r.ttl+expireGrace, p.expire)
+	}
+	fw.mu.Unlock()
+	for _, r := range batch {
+		r.done <- nil
+	}
+	fw.notify(ended)
+}
