@@ -93,6 +93,7 @@ type BenchConfig struct {
 	Setups       []string `json:"setups"`            // FTPGATE_BENCH_SETUPS
 	CellMaxS     int      `json:"cell_max_s"`        // FTPGATE_BENCH_CELL_MAX: a cell stops taking sessions after this many seconds
 	BudgetS      int      `json:"budget_s"`          // FTPGATE_BENCH_BUDGET: no new round starts that would end after this many seconds
+	Nice         int      `json:"nice"`              // FTPGATE_BENCH_NICE: ftpgate's --nice (default -10, as the shipped systemd unit's Nice=)
 	RoundsDone   int      `json:"rounds_done"`
 	Modes        []Mode   `json:"modes"`
 	Family       int      `json:"family"`
@@ -117,10 +118,14 @@ func loadBenchConfig() BenchConfig {
 		BigReps:      max(1, benchEnvInt("FTPGATE_BENCH_BIG_REPS", 3)),
 		IdleSessions: benchEnvInt("FTPGATE_BENCH_IDLE", 10000),
 		ChurnTime:    "3s",
+		Nice:         -10,
 		Setups:       allSetups,
 		Modes:        Modes,
 		Family:       4,
 		FileBytes:    4096,
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(os.Getenv("FTPGATE_BENCH_NICE"))); err == nil && n >= -20 && n <= 19 {
+		c.Nice = n
 	}
 	if v := os.Getenv("FTPGATE_BENCH_CONCURRENCY"); v != "" {
 		var cs []int
@@ -167,6 +172,7 @@ type CellResult struct {
 	// ftpgate setups: the daemon's user+sys CPU over the cell, and the
 	// cell's share of its pinhole-latency histogram.
 	DaemonCPUSeconds float64  `json:"daemon_cpu_s,omitempty"`
+	DaemonCtxSwitch  int64    `json:"daemon_context_switches,omitempty"` // voluntary + involuntary, all threads
 	PinholeBuckets   []bucket `json:"pinhole_latency_buckets,omitempty"`
 	FirewallErrors   float64  `json:"firewall_errors,omitempty"`
 }
@@ -217,6 +223,7 @@ type DaemonRow struct {
 	Concurrency   int     `json:"concurrency"`
 	Sessions      int     `json:"sessions"`
 	CPUPerSessUs  float64 `json:"cpu_per_session_us"`
+	CtxSwPerSess  float64 `json:"context_switches_per_session"`
 	PinholeOpens  float64 `json:"pinhole_opens"`
 	PinholeP50us  float64 `json:"pinhole_open_p50_us"`
 	PinholeP99us  float64 `json:"pinhole_open_p99_us"`
@@ -393,7 +400,8 @@ func (b *benchRun) newLabs() {
 			}
 		}
 		sl := &setupLab{name: s, lab: l, target: l.ServerIP4}
-		ftpgateArgs := []string{"--log-level", "warn", "--max-sessions-per-client", "4096", "--max-sessions", "8192"}
+		ftpgateArgs := []string{"--log-level", "warn", "--max-sessions-per-client", "4096", "--max-sessions", "8192",
+			"--nice", strconv.Itoa(b.cfg.Nice)}
 		switch s {
 		case setupHelper:
 			l.HostFirewallWith(t, HostFirewallOpts{CtMarkLine: true, KernelHelper: true})
@@ -442,7 +450,11 @@ func (b *benchRun) newLabs() {
 			}
 		}
 		if s == setupTransparent || s == setupReverse {
+			if v := os.Getenv("FTPGATE_BENCH_GOMAXPROCS"); v != "" {
+				os.Setenv("GOMAXPROCS", v) // the daemon's only: this process has read its own
+			}
 			sl.gate = l.StartFtpgate(t, ftpgateArgs...)
+			os.Unsetenv("GOMAXPROCS")
 		}
 		b.labs[s] = sl
 		b.setups = append(b.setups, s)
@@ -480,13 +492,15 @@ func (b *benchRun) visit(s string, round int) {
 		// CPU window.
 		var m0 string
 		var cpu0 float64
+		var cs0 int64
 		if pid != 0 {
 			m0 = sl.gate.Metrics(b.t)
-			cpu0 = procCPUSeconds(pid)
+			cpu0, cs0 = procCPUSeconds(pid), procContextSwitches(pid)
 		}
 		res := b.runCell(sl, round, c, b.cfg.Sessions)
 		if pid != 0 {
 			res.DaemonCPUSeconds = procCPUSeconds(pid) - cpu0
+			res.DaemonCtxSwitch = procContextSwitches(pid) - cs0
 			m1 := sl.gate.Metrics(b.t)
 			res.PinholeBuckets = subBuckets(parseBuckets(m1, pinholeHistogram), parseBuckets(m0, pinholeHistogram))
 			res.FirewallErrors = metricValue(m1, fwErrSeries) - metricValue(m0, fwErrSeries)
@@ -734,6 +748,30 @@ func procCPUSeconds(pid int) float64 {
 	st, _ := strconv.ParseFloat(f[12], 64)
 	const userHZ = 100 // USER_HZ: 100 on every Linux architecture Go supports
 	return (ut + st) / userHZ
+}
+
+// procContextSwitches returns the context switches (voluntary and not) of
+// every thread of pid: each is a sleep and a wakeup, the unit of cost of a
+// userspace relay.
+func procContextSwitches(pid int) int64 {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
 }
 
 // procStatusKiB returns a "VmXxx:" value of /proc/<pid>/status in KiB.
@@ -1189,6 +1227,7 @@ func (b *benchRun) summarise() {
 		for _, conc := range append([]int{0}, b.cfg.Concurrency...) {
 			row := DaemonRow{Setup: s, Concurrency: conc}
 			var cpu float64
+			var cs int64
 			var bs []bucket
 			for _, c := range rep.Cells {
 				if c.Setup != s || (conc != 0 && c.Concurrency != conc) {
@@ -1196,11 +1235,13 @@ func (b *benchRun) summarise() {
 				}
 				row.Sessions += c.Sessions
 				cpu += c.DaemonCPUSeconds
+				cs += c.DaemonCtxSwitch
 				bs = addBuckets(bs, c.PinholeBuckets)
 				row.FirewallErrs += c.FirewallErrors
 			}
 			if row.Sessions > 0 {
 				row.CPUPerSessUs = 1e6 * cpu / float64(row.Sessions)
+				row.CtxSwPerSess = float64(cs) / float64(row.Sessions)
 			}
 			if len(bs) > 0 {
 				row.PinholeOpens = bs[len(bs)-1].Count
@@ -1299,8 +1340,8 @@ func (b *benchRun) table() string {
 	fmt.Fprintf(&w, "ftpgate benchmark — %s — %s\n", rep.Started.Format(time.RFC3339), m.Host)
 	fmt.Fprintf(&w, "machine: %d x %s, kernel %s, %s, %s; getpid() %.0f ns; load average %s at start, %s at end\n",
 		m.NProc, m.CPU, m.Kernel, m.MemTotal, m.GoVersion, m.GetpidNs, rep.LoadStart, rep.LoadEnd)
-	fmt.Fprintf(&w, "run: %d rounds (setup order rotated each round), %d sessions per cell, modes %v over IPv4, %d-byte RETR; %.0f s\n",
-		rep.Config.RoundsDone, b.cfg.Sessions, b.cfg.Modes, b.cfg.FileBytes, rep.Seconds)
+	fmt.Fprintf(&w, "run: %d rounds (setup order rotated each round), %d sessions per cell, modes %v over IPv4, %d-byte RETR; ftpgate --nice %d; %.0f s\n",
+		rep.Config.RoundsDone, b.cfg.Sessions, b.cfg.Modes, b.cfg.FileBytes, b.cfg.Nice, rep.Seconds)
 	fmt.Fprintf(&w, "medians over rounds; ratios = median over rounds of (setup / kernel helper in the same round)\n\n")
 	for s, why := range rep.Skipped {
 		fmt.Fprintf(&w, "SKIPPED %s: %s\n", s, why)
@@ -1321,7 +1362,7 @@ func (b *benchRun) table() string {
 		}
 	}
 	if len(rep.Daemon) > 0 {
-		fmt.Fprintf(&w, "\n%-26s %5s %9s %12s %9s %12s %17s %8s\n", "ftpgate", "conc", "sessions", "CPU µs/sess", "pinholes", "open p50 µs", "open p99 µs", "fw errs")
+		fmt.Fprintf(&w, "\n%-26s %5s %9s %12s %10s %9s %12s %17s %8s\n", "ftpgate", "conc", "sessions", "CPU µs/sess", "cswch/sess", "pinholes", "open p50 µs", "open p99 µs", "fw errs")
 		for _, r := range rep.Daemon {
 			conc := "all"
 			if r.Concurrency != 0 {
@@ -1331,7 +1372,7 @@ func (b *benchRun) table() string {
 			if r.PinholeP99Max > 0 {
 				p99 = fmt.Sprintf("%.0f (≤%.0f)", r.PinholeP99us, r.PinholeP99Max)
 			}
-			fmt.Fprintf(&w, "%-26s %5s %9d %12.1f %9.0f %12.0f %17s %8.0f\n", setupTitle[r.Setup], conc, r.Sessions, r.CPUPerSessUs, r.PinholeOpens, r.PinholeP50us, p99, r.FirewallErrs)
+			fmt.Fprintf(&w, "%-26s %5s %9d %12.1f %10.1f %9.0f %12.0f %17s %8.0f\n", setupTitle[r.Setup], conc, r.Sessions, r.CPUPerSessUs, r.CtxSwPerSess, r.PinholeOpens, r.PinholeP50us, p99, r.FirewallErrs)
 		}
 	}
 	if i := rep.Idle; i != nil {

@@ -45,6 +45,10 @@ type session struct {
 	clientAddr netip.Addr
 	serverAddr netip.Addr
 	upstream   net.Conn
+
+	// Deadlines: clientRead and upstreamWrite belong to the command
+	// goroutine, clientWrite to whoever holds mu.
+	clientRead, clientWrite, upstreamWrite lazyDeadline
 	// publicAddr is where NAT'ed data connections are advertised to the
 	// client (reverse) or the server (masqueraded client); invalid when
 	// nothing is NAT'ed. insideAddr is ftpgate's end of the upstream connection.
@@ -76,6 +80,7 @@ func newSession(srv *Server, cfg *Config, id uint64, c net.Conn, self netip.Addr
 		// The greeting is the reply to connecting.
 		pending: []pendingCmd{{verb: "connect"}},
 	}
+	s.clientRead.set, s.clientWrite.set = c.SetReadDeadline, c.SetWriteDeadline
 	s.log = cfg.Logger.With("session", id, "client", s.clientAddr.String())
 	return s
 }
@@ -142,6 +147,7 @@ func (s *session) run() {
 		return
 	}
 	s.upstream = up
+	s.upstreamWrite.set = up.SetWriteDeadline
 	s.mu.Unlock()
 	s.serverAddr = addrPortOf(up.RemoteAddr()).Addr()
 	s.insideAddr = addrPortOf(up.LocalAddr()).Addr()
@@ -209,7 +215,7 @@ func (s *session) reply(text string) {
 func (s *session) writeClientLocked(line string) {
 	// Errors surface as a read error on the client side and end the session;
 	// the deadline keeps a client that stops reading from pinning the session.
-	s.client.SetWriteDeadline(time.Now().Add(writeTimeout))
+	s.clientWrite.extend(writeTimeout)
 	s.client.Write(wireLine(line))
 }
 
@@ -223,7 +229,7 @@ func (s *session) forward(verb, line string) {
 	s.mu.Lock()
 	s.pending = append(s.pending, p)
 	s.mu.Unlock()
-	s.upstream.SetWriteDeadline(time.Now().Add(writeTimeout))
+	s.upstreamWrite.extend(writeTimeout)
 	s.upstream.Write(wireLine(line))
 }
 
@@ -232,7 +238,7 @@ func (s *session) relayCommands() {
 	for {
 		// A client must complete each line within the idle timeout, unless it
 		// waits for a reply (a long transfer keeps the control channel quiet).
-		s.client.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+		s.clientRead.extend(s.cfg.IdleTimeout)
 		line, err := r.ReadLine()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			if s.waiting() {
@@ -366,8 +372,8 @@ func (s *session) authPassthrough(verb, line string, r *LineReader) bool {
 	s.endReason = "tls_passthrough"
 	s.mu.Unlock()
 	s.log.Info("AUTH accepted by the server: relaying the encrypted control channel blind, no data connections will be opened")
-	s.client.SetReadDeadline(time.Time{})
-	s.upstream.SetWriteDeadline(time.Time{})
+	s.clientRead.clear()
+	s.upstreamWrite.clear()
 	io.Copy(s.upstream, r.Raw())
 	return true
 }
@@ -501,10 +507,8 @@ func (s *session) open(f Flow) bool {
 }
 
 func (s *session) openPinhole(f Flow) bool {
-	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-	defer cancel()
 	t0 := time.Now()
-	p, err := s.srv.gate.Open(ctx, f, s.cfg.PinholeTTL)
+	p, err := s.srv.gate.Open(s.ctx, f, s.cfg.PinholeTTL)
 	if err != nil {
 		s.refused(ReasonFirewall, "firewall could not open the data connection", "flow", f.String(), "err", err)
 		return false
@@ -546,7 +550,9 @@ func (s *session) relayReplies() {
 	r := NewLineReader(s.upstream, s.cfg.MaxLine)
 	defer func() {
 		if s.tlsAccepted {
-			s.client.SetWriteDeadline(time.Time{})
+			s.mu.Lock()
+			s.clientWrite.clear()
+			s.mu.Unlock()
 			io.Copy(s.client, r.Raw())
 		}
 	}()

@@ -45,6 +45,7 @@ type options struct {
 	denyCommands         listFlag
 	anonymousOnly        bool
 	tls                  string
+	nice                 int
 }
 
 // listFlag is a repeatable flag; the first explicit use replaces the default.
@@ -93,6 +94,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long open sessions may finish before they are closed")
 	fs.Var(&o.denyCommands, "deny-commands", "FTP verbs refused with 550, e.g. STOR,DELE,RNFR,RNTO,MKD,RMD,APPE,STOU for a read-only gateway (repeatable)")
 	fs.BoolVar(&o.anonymousOnly, "anonymous-only", false, "refuse logins other than anonymous/ftp")
+	fs.IntVar(&o.nice, "nice", 0, "scheduling priority of the daemon's threads, -20 (most favourable) to 19; 0 leaves it as started (read at start only)")
 	fs.StringVar(&o.tls, "tls", "refuse", "AUTH TLS: refuse (clients fall back to plain FTP) or passthrough (relay the encrypted channel blind; no data pinholes)")
 	return fs
 }
@@ -165,6 +167,9 @@ func applyConfigFile(fs *flag.FlagSet, path string, explicit map[string]bool) er
 // proxyConfig reads the protocol-side settings.
 func (o *options) proxyConfig() (proxy.Config, error) {
 	var cfg proxy.Config
+	if o.nice < -20 || o.nice > 19 {
+		return cfg, fmt.Errorf("--nice %d: want -20 (most favourable) to 19", o.nice)
+	}
 	switch o.mode {
 	case "transparent":
 		cfg.Mode = proxy.Transparent

@@ -68,6 +68,11 @@ func runCmd(args []string) error {
 		fmt.Print(nft.Ruleset(ncfg))
 		return nil
 	}
+	if o.nice != 0 {
+		if err := setNice(o.nice); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
