@@ -144,6 +144,12 @@ func (j *janitor) add(p *pinhole) {
 	}
 }
 
+// janitorDelay is how long the janitor lets ended pinholes gather before it
+// removes their data in one batch: under load that is one netlink round trip
+// for many pinholes instead of one each, off the path of Opens. The data is
+// inert meanwhile (its one-shot key is gone) and expires on its own anyway.
+const janitorDelay = 100 * time.Millisecond
+
 func (j *janitor) run(fw *Firewall) {
 	defer close(j.done)
 	for {
@@ -151,6 +157,11 @@ func (j *janitor) run(fw *Firewall) {
 		case <-j.stop:
 			return
 		case <-j.wake:
+		}
+		select {
+		case <-j.stop:
+			return
+		case <-time.After(janitorDelay):
 		}
 		j.mu.Lock()
 		q := j.queue
