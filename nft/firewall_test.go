@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -182,16 +183,16 @@ func TestNewInstallsAndCloseRemoves(t *testing.T) {
 		"tcp flags != syn / syn,ack socket transparent 1 meta mark set 0x00000001 accept",
 		"tcp dport @intercept_ports ct mark set ct mark | 0x00000100 meta mark set 0x00000001 tproxy ip to 127.0.0.1:2121 accept",
 		"tproxy ip6 to [::1]:2121 accept",
-		"ct state new ip saddr . ip daddr . tcp dport @pin4 delete @pin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark | 0x00000100",
-		"ct state new ip6 saddr . ip6 daddr . tcp dport @pin6 delete @pin6 { ip6 saddr . ip6 daddr . tcp dport } ct mark set ct mark | 0x00000100",
+		"ct state new tcp flags syn / fin,syn,rst,ack ip saddr . ip daddr . tcp dport @pin4 delete @pin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark | 0x00000100",
+		"ct state new tcp flags syn / fin,syn,rst,ack ip6 saddr . ip6 daddr . tcp dport @pin6 delete @pin6 { ip6 saddr . ip6 daddr . tcp dport } ct mark set ct mark | 0x00000100",
 		"set natpin4",
 		"map dnat4 {\n\t\ttype ipv4_addr . ipv4_addr . inet_service : ipv4_addr . inet_service\n\t\tsize 65535\n\t\tflags timeout\n",
 		"map dnat6 {\n\t\ttype ipv6_addr . ipv6_addr . inet_service : ipv6_addr . inet_service\n",
 		"map snat4 {\n\t\ttype ipv4_addr . ipv4_addr . inet_service : ipv4_addr\n",
 		"map snat6 {\n\t\ttype ipv6_addr . ipv6_addr . inet_service : ipv6_addr\n",
 		"type nat hook prerouting priority dstnat; policy accept;",
-		"ct state new ip saddr . ip daddr . tcp dport @natpin4 delete @natpin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark | 0x00000100 dnat ip to ip saddr . ip daddr . tcp dport map @dnat4",
-		"ct state new ip6 saddr . ip6 daddr . tcp dport @natpin6 delete @natpin6 { ip6 saddr . ip6 daddr . tcp dport } ct mark set ct mark | 0x00000100 dnat ip6 to ip6 saddr . ip6 daddr . tcp dport map @dnat6",
+		"ct state new tcp flags syn / fin,syn,rst,ack ip saddr . ip daddr . tcp dport @natpin4 delete @natpin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark | 0x00000100 dnat ip to ip saddr . ip daddr . tcp dport map @dnat4",
+		"ct state new tcp flags syn / fin,syn,rst,ack ip6 saddr . ip6 daddr . tcp dport @natpin6 delete @natpin6 { ip6 saddr . ip6 daddr . tcp dport } ct mark set ct mark | 0x00000100 dnat ip6 to ip6 saddr . ip6 daddr . tcp dport map @dnat6",
 		"type nat hook postrouting priority srcnat; policy accept;",
 		"meta l4proto tcp ct status dnat snat ip to ip saddr . ct original ip daddr . ct original proto-dst map @snat4",
 		"meta l4proto tcp ct status dnat snat ip6 to ip6 saddr . ct original ip6 daddr . ct original proto-dst map @snat6",
@@ -888,4 +889,86 @@ func TestConcurrentOpenSameKey(t *testing.T) {
 	if e, ok := got[fa.dnatMap]; ok && !bytes.Equal(e.Val, fa.dnatData(last.flow.Target)) {
 		t.Errorf("dnat data %x, want the last Open's target %v", e.Val, last.flow.Target)
 	}
+}
+
+// TestStrayPacketsDoNotConsume: conntrack starts entries for mid-stream
+// packets too (nf_conntrack_tcp_loose), but only a connection's opening SYN
+// consumes a pinhole — a stray or spoofed ACK or FIN to the negotiated port
+// leaves it for the real client, and is not admitted itself.
+func TestStrayPacketsDoNotConsume(t *testing.T) {
+	requireRoot(t)
+	leakCheck(t)
+	cli, gw, srv := routedLab(t)
+	gw.nft(t, `table inet hostfw {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ct mark & 0x100 == 0x100 accept
+		tcp dport 5000 drop
+	}
+}`)
+	gw.exec(t, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=1")
+	const dst = "10.77.3.2:5000"
+	echoServer(t, srv, dst)
+	fw := newFirewall(t, gw, Config{})
+	f := flow("10.77.2.1", dst)
+	if _, err := fw.Open(context.Background(), f, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for i, flags := range []byte{tcpFlagACK, tcpFlagFIN | tcpFlagACK, tcpFlagACK | 0x08 /* PSH */} {
+		sendRawTCP(t, cli, netip.MustParseAddr("10.77.2.1"), netip.MustParseAddrPort(dst), uint16(40000+i), flags)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if got := setElements(t, gw, "pin4"); !strings.Contains(got, "10.77.2.1") {
+		t.Fatalf("a stray packet consumed the pinhole:\n%s", got)
+	}
+	if fw.Active() != 1 {
+		t.Errorf("Active() = %d after stray packets, want 1", fw.Active())
+	}
+	c, err := dial(t, cli, dst)
+	if err != nil {
+		t.Fatalf("the real connection after stray packets failed: %v", err)
+	}
+	c.Close()
+	if got := setElements(t, gw, "pin4"); strings.Contains(got, "10.77.2.1") {
+		t.Errorf("the SYN did not consume the pinhole:\n%s", got)
+	}
+}
+
+// sendRawTCP sends one bare TCP segment with the given flags from ns.
+func sendRawTCP(t *testing.T, ns *testNS, src netip.Addr, dst netip.AddrPort, sport uint16, flags byte) {
+	t.Helper()
+	seg := make([]byte, 20)
+	binary.BigEndian.PutUint16(seg[0:], sport)
+	binary.BigEndian.PutUint16(seg[2:], dst.Port())
+	binary.BigEndian.PutUint32(seg[4:], 0x12345678) // seq
+	binary.BigEndian.PutUint32(seg[8:], 0x9abcdef0) // ack
+	seg[12] = 5 << 4                                // data offset: 5 words
+	seg[13] = flags
+	binary.BigEndian.PutUint16(seg[14:], 65535) // window
+	// Checksum over the IPv4 pseudo-header and the segment.
+	s, d := src.As4(), dst.Addr().As4()
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
+	}
+	add(s[:])
+	add(d[:])
+	sum += unix.IPPROTO_TCP + uint32(len(seg))
+	add(seg)
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(seg[16:], ^uint16(sum))
+	ns.do(t, func() {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_TCP)
+		if err != nil {
+			t.Fatalf("raw socket: %v", err)
+		}
+		defer unix.Close(fd)
+		if err := unix.Sendto(fd, seg, 0, &unix.SockaddrInet4{Addr: d}); err != nil {
+			t.Fatalf("send raw TCP segment: %v", err)
+		}
+	})
 }

@@ -131,7 +131,9 @@ func accept() expr.Any { return &expr.Verdict{Kind: expr.VerdictAccept} }
 
 // TCP header flags.
 const (
+	tcpFlagFIN = 0x01
 	tcpFlagSYN = 0x02
+	tcpFlagRST = 0x04
 	tcpFlagACK = 0x10
 )
 
@@ -218,7 +220,13 @@ func pinRuleExprs(cfg Config, fa *family, set *nftables.Set) []expr.Any {
 }
 
 // consumePin: ct state new meta nfproto X meta l4proto tcp
+// tcp flags & (fin | syn | rst | ack) == syn
 // ip saddr . ip daddr . tcp dport @set delete @set { ip saddr . ip daddr . tcp dport }
+//
+// Only a connection's opening SYN consumes the pinhole: conntrack also
+// starts entries ("new") for mid-stream packets (nf_conntrack_tcp_loose), so
+// a stray or spoofed ACK to the negotiated port would otherwise use up the
+// one opening before the real client's SYN arrives.
 func consumePin(fa *family, set *nftables.Set) []expr.Any {
 	e := []expr.Any{
 		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
@@ -226,6 +234,11 @@ func consumePin(fa *family, set *nftables.Set) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nativeU32(0)},
 	}
 	e = append(e, matchFamilyTCP(fa)...)
+	e = append(e,
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpFlagFIN | tcpFlagSYN | tcpFlagRST | tcpFlagACK}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{tcpFlagSYN}},
+	)
 	e = append(e, loadPinKey(fa)...)
 	return append(e,
 		&expr.Lookup{SourceRegister: fa.regSaddr, SetName: set.Name, SetID: set.ID},

@@ -103,21 +103,20 @@ func Ruleset(cfg Config) string {
 				setInterceptPort, ctSet, cfg.FWMark, cfg.TProxy6)
 		}
 	}
-	w("\t\t# data connections through a pinhole: consume the element, mark the connection")
+	w("\t\t# data connections through a pinhole: their opening SYN consumes the element; mark the connection")
 	for _, fa := range families {
 		key := fmt.Sprintf("%[1]s saddr . %[1]s daddr . tcp dport", fa.ip)
-		w("\t\tct state new meta nfproto %s meta l4proto tcp %s @%s delete @%s { %s } %s",
-			fa.name, key, fa.pinSet, fa.pinSet, key, ctSet)
+		w("\t\tct state new meta nfproto %s meta l4proto tcp %s %s @%s delete @%s { %s } %s", fa.name, synOnly, key, fa.pinSet, fa.pinSet, key, ctSet)
 	}
 	w("\t}")
 	w("")
 	w("\tchain %s {", chainNATPre)
 	w("\t\ttype nat hook prerouting priority dstnat; policy accept;")
-	w("\t\t# data connections through a NAT pinhole: consume the key, mark the connection, DNAT it")
+	w("\t\t# data connections through a NAT pinhole: their opening SYN consumes the key; mark the connection, DNAT it")
 	for _, fa := range families {
 		key := fmt.Sprintf("%[1]s saddr . %[1]s daddr . tcp dport", fa.ip)
-		w("\t\tct state new meta nfproto %s meta l4proto tcp %s @%s delete @%s { %s } %s dnat %s to %s map @%s",
-			fa.name, key, fa.natSet, fa.natSet, key, ctSet, fa.ip, key, fa.dnatMap)
+		w("\t\tct state new meta nfproto %s meta l4proto tcp %s %s @%s delete @%s { %s } %s dnat %s to %s map @%s",
+			fa.name, synOnly, key, fa.natSet, fa.natSet, key, ctSet, fa.ip, key, fa.dnatMap)
 	}
 	w("\t}")
 	w("")
@@ -152,3 +151,6 @@ func Ruleset(cfg Config) string {
 func acceptLine(cfg Config) string {
 	return fmt.Sprintf("ct mark & %#x == %#x accept", cfg.CTMask, cfg.CTMark)
 }
+
+// synOnly matches a connection's opening SYN (see consumePin).
+const synOnly = "tcp flags syn / fin,syn,rst,ack"
