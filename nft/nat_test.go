@@ -365,24 +365,27 @@ func TestNATPinholeExpiryCloseReplace(t *testing.T) {
 		// IPv4-mapped addresses are IPv4.
 		natFlow("::ffff:10.77.2.2", "10.77.2.1:50004", "[::ffff:10.77.1.2]:43112", "::ffff:10.77.1.1"),
 	}
+	// Long enough for the checks below on a loaded machine (exec'ing nft
+	// can take a second there), short enough to wait for.
+	const ttl = 3 * time.Second
 	var holes []proxy.Pinhole
 	for _, f := range flows {
-		p, err := fw.Open(ctx, f, time.Second)
+		p, err := fw.Open(ctx, f, ttl)
 		if err != nil {
 			t.Fatalf("Open(%v): %v", f, err)
 		}
 		holes = append(holes, p)
 		fa, key := keyOf(f)
 		got := natElements(t, ns, fa, []byte(key))
-		if e, ok := got[fa.natSet]; !ok || e.Timeout != time.Second {
-			t.Errorf("%v: %s element %v (present %v), want timeout 1s", f, fa.natSet, e.Timeout, ok)
+		if e, ok := got[fa.natSet]; !ok || e.Timeout != ttl {
+			t.Errorf("%v: %s element %v (present %v), want timeout %v", f, fa.natSet, e.Timeout, ok, ttl)
 		}
 		e, ok := got[fa.dnatMap]
-		if !ok || e.Timeout != 2*time.Second || string(e.Val) != string(fa.dnatData(netip.AddrPortFrom(f.Target.Addr().Unmap(), f.Target.Port()))) {
-			t.Errorf("%v: %s element %+v (present %v), want the target with timeout 2s", f, fa.dnatMap, e, ok)
+		if !ok || e.Timeout != ttl+expireGrace || string(e.Val) != string(fa.dnatData(netip.AddrPortFrom(f.Target.Addr().Unmap(), f.Target.Port()))) {
+			t.Errorf("%v: %s element %+v (present %v), want the target with timeout ttl+grace", f, fa.dnatMap, e, ok)
 		}
 		e, ok = got[fa.snatMap]
-		if f.SNAT.IsValid() != ok || (ok && (e.Timeout != 2*time.Second || string(e.Val) != string(f.SNAT.Unmap().AsSlice()))) {
+		if f.SNAT.IsValid() != ok || (ok && (e.Timeout != ttl+expireGrace || string(e.Val) != string(f.SNAT.Unmap().AsSlice()))) {
 			t.Errorf("%v: %s element %+v (present %v), want present=%v with the SNAT address", f, fa.snatMap, e, ok, f.SNAT.IsValid())
 		}
 	}
@@ -393,7 +396,7 @@ func TestNATPinholeExpiryCloseReplace(t *testing.T) {
 		t.Errorf("Active() = %d, want %d", fw.Active(), len(flows))
 	}
 	for _, f := range flows {
-		waitNoElements(t, ns, f, 5*time.Second)
+		waitNoElements(t, ns, f, ttl+expireGrace+5*time.Second)
 	}
 	for range flows {
 		if c := rec.wait(t, 10*time.Second); c.used {
