@@ -73,6 +73,7 @@ type session struct {
 
 func newSession(srv *Server, cfg *Config, id uint64, c net.Conn, self netip.AddrPort) *session {
 	ctx, cancel := context.WithCancel(context.Background())
+	c = withRawIO(c)
 	s := &session{
 		id: id, srv: srv, cfg: cfg, client: c, self: self, start: time.Now(),
 		ctx: ctx, cancel: cancel,
@@ -146,6 +147,7 @@ func (s *session) run() {
 		up.Close()
 		return
 	}
+	up = withRawIO(up)
 	s.upstream = up
 	s.upstreamWrite.set = up.SetWriteDeadline
 	s.mu.Unlock()
