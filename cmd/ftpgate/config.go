@@ -46,6 +46,8 @@ type options struct {
 	anonymousOnly        bool
 	tls                  string
 	nice                 int
+	procs                int
+	procsSet             bool // --procs was given (flag, environment or config file)
 }
 
 // listFlag is a repeatable flag; the first explicit use replaces the default.
@@ -94,6 +96,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long open sessions may finish before they are closed")
 	fs.Var(&o.denyCommands, "deny-commands", "FTP verbs refused with 550, e.g. STOR,DELE,RNFR,RNTO,MKD,RMD,APPE,STOU for a read-only gateway (repeatable)")
 	fs.BoolVar(&o.anonymousOnly, "anonymous-only", false, "refuse logins other than anonymous/ftp")
+	fs.IntVar(&o.procs, "procs", 1, "threads running Go code at once (GOMAXPROCS; 0: one per CPU). One suits a control-channel proxy: each line is microseconds of work and the data stays in the kernel, and one thread avoids waking others per line; raise it for thousands of new sessions per second. Unset, a GOMAXPROCS environment variable wins (read at start only)")
 	fs.IntVar(&o.nice, "nice", 0, "scheduling priority of the daemon's threads, -20 (most favourable) to 19; 0 leaves it as started (read at start only)")
 	fs.StringVar(&o.tls, "tls", "refuse", "AUTH TLS: refuse (clients fall back to plain FTP) or passthrough (relay the encrypted channel blind; no data pinholes)")
 	return fs
@@ -130,6 +133,7 @@ func parseOptions(name string, args []string) (*options, error) {
 			return nil, err
 		}
 	}
+	fs.Visit(func(f *flag.Flag) { o.procsSet = o.procsSet || f.Name == "procs" })
 	return o, nil
 }
 
@@ -167,6 +171,9 @@ func applyConfigFile(fs *flag.FlagSet, path string, explicit map[string]bool) er
 // proxyConfig reads the protocol-side settings.
 func (o *options) proxyConfig() (proxy.Config, error) {
 	var cfg proxy.Config
+	if o.procs < 0 {
+		return cfg, fmt.Errorf("--procs %d: want 0 (one per CPU) or more", o.procs)
+	}
 	if o.nice < -20 || o.nice > 19 {
 		return cfg, fmt.Errorf("--nice %d: want -20 (most favourable) to 19", o.nice)
 	}

@@ -68,6 +68,7 @@ func runCmd(args []string) error {
 		fmt.Print(nft.Ruleset(ncfg))
 		return nil
 	}
+	setProcs(o.procs, o.procsSet)
 	if o.nice != 0 {
 		if err := setNice(o.nice); err != nil {
 			return err

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -35,4 +36,18 @@ func setNice(n int) error {
 		}
 	}
 	return nil
+}
+
+// setProcs applies --procs: GOMAXPROCS n, or the runtime's own default (one
+// per CPU, within the cgroup's limit) for 0. Unless --procs was given, a
+// GOMAXPROCS environment variable stays in force.
+func setProcs(n int, given bool) {
+	if !given && os.Getenv("GOMAXPROCS") != "" {
+		return
+	}
+	if n == 0 {
+		runtime.SetDefaultGOMAXPROCS()
+		return
+	}
+	runtime.GOMAXPROCS(n)
 }

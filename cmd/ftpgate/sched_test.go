@@ -62,3 +62,44 @@ func TestNiceRange(t *testing.T) {
 		}
 	}
 }
+
+func TestSetProcs(t *testing.T) {
+	prev := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(prev)
+
+	runtime.GOMAXPROCS(3)
+	t.Setenv("GOMAXPROCS", "3")
+	setProcs(1, false) // the default does not override the environment
+	if got := runtime.GOMAXPROCS(0); got != 3 {
+		t.Errorf("default --procs with GOMAXPROCS=3 set: GOMAXPROCS %d, want 3", got)
+	}
+	setProcs(1, true)
+	if got := runtime.GOMAXPROCS(0); got != 1 {
+		t.Errorf("--procs 1: GOMAXPROCS %d, want 1", got)
+	}
+	os.Unsetenv("GOMAXPROCS")
+	setProcs(2, false)
+	if got := runtime.GOMAXPROCS(0); got != 2 {
+		t.Errorf("default --procs 2 without GOMAXPROCS: GOMAXPROCS %d, want 2", got)
+	}
+	setProcs(0, true)
+	if got := runtime.GOMAXPROCS(0); got < 1 {
+		t.Errorf("--procs 0: GOMAXPROCS %d", got)
+	}
+}
+
+func TestProcsOption(t *testing.T) {
+	o, err := parseOptions("run", nil)
+	if err != nil || o.procs != 1 || o.procsSet {
+		t.Fatalf("no --procs: %+v %v, want procs 1, not set", o.procs, err)
+	}
+	t.Setenv("FTPGATE_PROCS", "4")
+	o, err = parseOptions("run", nil)
+	if err != nil || o.procs != 4 || !o.procsSet {
+		t.Fatalf("FTPGATE_PROCS=4: procs %d set %v, %v", o.procs, o.procsSet, err)
+	}
+	o, _ = parseOptions("run", []string{"--procs", "-1"})
+	if _, err := o.proxyConfig(); err == nil {
+		t.Error("--procs -1 accepted")
+	}
+}
