@@ -178,7 +178,8 @@ func TestSoak(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("FTPGATE_SOAK_SESSIONS")); err == nil && v > 0 {
 		sessions = v
 	}
-	l, srv, g := newGatewayLab(t, "--max-sessions-per-client", "256", "--log-level", "warn")
+	// Info level: a failure shows the sessions that did not end well.
+	l, srv, g := newGatewayLab(t, "--max-sessions-per-client", "256", "--log-level", "info")
 	payload := make([]byte, 64<<10)
 	rand.Read(payload)
 	name := "soak.bin"
@@ -235,7 +236,8 @@ func TestSoak(t *testing.T) {
 	wg.Wait()
 	t.Logf("soak: %d sessions at %d concurrent in %v, %d failed", done.Load(), concurrency, time.Since(start).Round(time.Second), failed.Load())
 	if failed.Load() != 0 || done.Load() != int64(sessions) {
-		t.Fatalf("%d of %d sessions failed (done %d); first: %s\nftpgate log tail:\n%s", failed.Load(), sessions, done.Load(), errMsg, tailString(g.LogText(), 2000))
+		t.Fatalf("%d of %d sessions failed (done %d); first: %s\nftpgate's lines other than sessions that ended well:\n%s",
+			failed.Load(), sessions, done.Load(), errMsg, tailString(notOK(g.LogText()), 8000))
 	}
 
 	// Nothing left: openings, goroutines, descriptors.
@@ -254,4 +256,31 @@ func TestSoak(t *testing.T) {
 	if v := g.Metric(t, `ftpgate_refusals_total{reason="firewall_error"}`); v != 0 {
 		t.Errorf("firewall errors: %v", v)
 	}
+}
+
+// notOK keeps the log lines other than "session start" lines and "session
+// end" lines of sessions that ended well within a minute.
+func notOK(log string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(log, "\n") {
+		if line == "" || strings.Contains(line, "session start") ||
+			strings.Contains(line, "session end") && strings.Contains(line, "result=ok") && !slowSession(line) {
+			continue
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// slowSession reports whether a "session end" line has a duration of a
+// minute or more.
+func slowSession(line string) bool {
+	_, after, ok := strings.Cut(line, " duration=")
+	if !ok {
+		return false
+	}
+	v, _, _ := strings.Cut(after, " ")
+	d, err := time.ParseDuration(v)
+	return err == nil && d >= time.Minute
 }

@@ -160,8 +160,9 @@ func (fw *Firewall) register(batch []*openReq) {
 		p.timer = time.AfterFunc(r.ttl+expireGrace, p.expire)
 	}
 	fw.mu.Unlock()
+	// The pinholes an Open replaced have ended by the time it returns.
+	fw.notify(ended)
 	for _, r := range batch {
 		r.done <- nil
 	}
-	fw.notify(ended)
 }
