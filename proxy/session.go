@@ -165,7 +165,7 @@ func (s *session) run() {
 		defer close(done)
 		s.relayReplies()
 		s.mu.Lock()
-		if !s.quit && !s.aborted && !s.tlsAccepted {
+		if !s.quit && !s.aborted && !s.tlsAccepted && s.endReason == "" {
 			s.endReason = "server_closed"
 			s.writeClientLocked("421 ftpgate: the FTP server closed the connection")
 		}
@@ -559,8 +559,25 @@ func (s *session) relayReplies() {
 		}
 	}()
 	multi := 0 // the code of the multi-line reply in progress, 0 if none
+	// A server that accepts the connection but never greets (hung, or its
+	// accept queue dropped the handshake's last ACK) counts as unreachable:
+	// the greeting must start within the connect timeout.
+	greeted := false
+	s.upstream.SetReadDeadline(time.Now().Add(s.cfg.DialTimeout))
 	for {
 		line, err := r.ReadLine()
+		if !greeted && errors.Is(err, os.ErrDeadlineExceeded) {
+			s.refused(ReasonUpstream, "FTP server sent no greeting", "timeout", s.cfg.DialTimeout)
+			s.mu.Lock()
+			s.endReason = "upstream_error"
+			s.writeClientLocked(fmt.Sprintf("421 ftpgate: the FTP server sent no greeting within %v", s.cfg.DialTimeout))
+			s.mu.Unlock()
+			return
+		}
+		if !greeted && (err == nil || errors.Is(err, ErrLineTooLong)) {
+			greeted = true
+			s.upstream.SetReadDeadline(time.Time{})
+		}
 		if errors.Is(err, ErrLineTooLong) {
 			s.refused(ReasonLineTooLong, "server reply line too long")
 			if multi == 0 {

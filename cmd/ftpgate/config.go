@@ -84,7 +84,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.Var(&o.interceptPorts, "intercept-port", "TCP port of FTP control connections to intercept (repeatable)")
 	fs.DurationVar(&o.pinholeTTL, "pinhole-timeout", 30*time.Second, "how long a negotiated data connection stays allowed if unused")
-	fs.DurationVar(&o.dialTimeout, "upstream-connect-timeout", 10*time.Second, "timeout for connecting to the FTP server")
+	fs.DurationVar(&o.dialTimeout, "upstream-connect-timeout", 10*time.Second, "timeout for connecting to the FTP server and receiving its greeting")
 	fs.StringVar(&o.ctMark, "ct-mark", "0x100/0x100", "conntrack mark/mask set on admitted connections (the host firewall accepts it)")
 	fs.UintVar(&o.fwMark, "fwmark", 1, "packet mark that routes intercepted packets to the local listener")
 	fs.IntVar(&o.routeTable, "route-table", 100, "routing table for the fwmark policy route")
