@@ -53,6 +53,9 @@ func miniFTP(ctx context.Context, ns *NS, clientIP, server netip.Addr, file stri
 		}
 		rep, err := reply()
 		if err != nil {
+			if line == "" {
+				return "", fmt.Errorf("awaiting %s: %w", want, err)
+			}
 			return "", fmt.Errorf("%s: %w", line, err)
 		}
 		if !strings.HasPrefix(rep, want) {

@@ -24,6 +24,33 @@ import (
 type rawIOConn struct {
 	net.Conn
 	rc syscall.RawConn
+
+	// One read and one write may run at once (different goroutines); each
+	// side keeps its call's state here, so that the callbacks, made once,
+	// do not allocate per call.
+	rd, wr rawOp
+	rdFn   func(uintptr) bool
+	wrFn   func(uintptr) bool
+}
+
+// rawOp is one side's pending system call: its buffer and its outcome.
+type rawOp struct {
+	buf   []byte
+	n     int
+	errno syscall.Errno
+}
+
+// do runs one read or write system call for op; false means "not ready,
+// wait in the poller".
+func (op *rawOp) do(trap, fd uintptr) bool {
+	r, _, e := unix.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&op.buf[0])), uintptr(len(op.buf)))
+	if e == unix.EAGAIN || e == unix.EINTR {
+		// EINTR cannot happen on a non-blocking socket; if it did, the
+		// poller retries.
+		return false
+	}
+	op.n, op.errno = int(r), e
+	return true
 }
 
 // withRawIO wraps c when it is a TCP connection; anything else (a test's
@@ -39,26 +66,24 @@ func withRawIO(c net.Conn) net.Conn {
 	if err != nil {
 		return c
 	}
-	return &rawIOConn{Conn: c, rc: rc}
+	return newRawIOConn(c, rc)
+}
+
+func newRawIOConn(c net.Conn, rc syscall.RawConn) *rawIOConn {
+	r := &rawIOConn{Conn: c, rc: rc}
+	r.rdFn = func(fd uintptr) bool { return r.rd.do(unix.SYS_READ, fd) }
+	r.wrFn = func(fd uintptr) bool { return r.wr.do(unix.SYS_WRITE, fd) }
+	return r
 }
 
 func (c *rawIOConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := c.rc.Read(func(fd uintptr) bool {
-		r, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		switch e {
-		case unix.EAGAIN:
-			return false // wait in the poller
-		case unix.EINTR:
-			return false // cannot happen on a non-blocking socket; retry after a poll
-		}
-		n, errno = int(r), e
-		return true
-	})
+	c.rd = rawOp{buf: p}
+	err := c.rc.Read(c.rdFn)
+	n, errno := c.rd.n, c.rd.errno
+	c.rd.buf = nil
 	switch {
 	case err != nil:
 		return 0, c.opError("read", err)
@@ -73,17 +98,10 @@ func (c *rawIOConn) Read(p []byte) (int, error) {
 func (c *rawIOConn) Write(p []byte) (int, error) {
 	written := 0
 	for written < len(p) {
-		var n int
-		var errno syscall.Errno
-		rest := p[written:]
-		err := c.rc.Write(func(fd uintptr) bool {
-			r, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
-			if e == unix.EAGAIN || e == unix.EINTR {
-				return false // send buffer full: wait until writable
-			}
-			n, errno = int(r), e
-			return true
-		})
+		c.wr = rawOp{buf: p[written:]}
+		err := c.rc.Write(c.wrFn)
+		n, errno := c.wr.n, c.wr.errno
+		c.wr.buf = nil
 		if err == nil && errno != 0 {
 			err = errno
 		}

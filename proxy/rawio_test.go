@@ -31,7 +31,7 @@ func rawPair(t *testing.T) (*rawIOConn, net.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close(); peer.Close() })
-	return &rawIOConn{Conn: c, rc: rc}, peer
+	return newRawIOConn(c, rc), peer
 }
 
 func TestRawIOConn(t *testing.T) {
