@@ -217,9 +217,10 @@ func TestSoak(t *testing.T) {
 					return
 				}
 				c := combos[i%int64(len(combos))]
-				// vsftpd's listen backlog is 32: with 64 clients a burst can drop
-				// the handshake's last ACK, which the server's SYN-ACK
-				// retransmits (1, 3, 7, 15, 31 s) recover from. Slow, not lost.
+				// vsftpd's listen backlog is 32: with 64 clients a burst drops
+				// SYNs (the lab turns SYN cookies off, see NewLab), which the
+				// connecting side's retransmits (1, 3, 7, 15, 31 s) recover
+				// from. Slow, not lost.
 				sctx, scancel := context.WithTimeout(ctx, 90*time.Second)
 				got, err := miniFTP(sctx, l.Client, l.ClientIP(c.fam), l.ServerIP(c.fam), name, c.mode)
 				scancel()
