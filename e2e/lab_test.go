@@ -277,16 +277,6 @@ func NewLab(t *testing.T) *Lab {
 
 	sysctl(t, l.Gateway, true, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	sysctl(t, l.Gateway, false, "net.netfilter.nf_conntrack_acct=1")
-	// vsftpd listens with a backlog of 32 (compiled in). When a burst of
-	// connections overflows it, the kernel answers with SYN cookies, keeps no
-	// state, and if the handshake's last ACK then finds the accept queue full
-	// it is dropped for good: the connecting side (ftpgate, or a client of
-	// the kernel helper) believes it is connected and waits for a greeting
-	// that never comes. Without cookies the server drops the SYN instead,
-	// and the connecting side's SYN retransmission recovers. A lab artefact
-	// of 64 clients on one listener; ftpgate answers such a silent server
-	// with a 421 after --upstream-connect-timeout.
-	sysctl(t, l.Server, true, "net.ipv4.tcp_syncookies=0")
 	return l
 }
 

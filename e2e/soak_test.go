@@ -200,7 +200,7 @@ func TestSoak(t *testing.T) {
 	fdsBefore := openFDs(pid)
 	goroutinesBefore := g.Metric(t, "go_goroutines")
 
-	var next, failed, done atomic.Int64
+	var next, failed, done, retried atomic.Int64
 	var firstErr sync.Once
 	var errMsg string
 	start := time.Now()
@@ -218,12 +218,21 @@ func TestSoak(t *testing.T) {
 				}
 				c := combos[i%int64(len(combos))]
 				// vsftpd's listen backlog is 32: with 64 clients a burst drops
-				// SYNs (the lab turns SYN cookies off, see NewLab), which the
-				// connecting side's retransmits (1, 3, 7, 15, 31 s) recover
-				// from. Slow, not lost.
+				// SYNs, which the connecting side's retransmits (1, 3, 7, 15,
+				// 31 s) recover from. Slow, not lost.
 				sctx, scancel := context.WithTimeout(ctx, 90*time.Second)
 				got, err := miniFTP(sctx, l.Client, l.ClientIP(c.fam), l.ServerIP(c.fam), name, c.mode)
 				scancel()
+				if err != nil && strings.Contains(err.Error(), noGreeting) {
+					// vsftpd's backlog dropped the handshake's last ACK and,
+					// the server speaking first, nothing resends it (see
+					// noGreeting): ftpgate said so with a 421, and a client
+					// tries again, as real ones do.
+					retried.Add(1)
+					sctx, scancel := context.WithTimeout(ctx, 90*time.Second)
+					got, err = miniFTP(sctx, l.Client, l.ClientIP(c.fam), l.ServerIP(c.fam), name, c.mode)
+					scancel()
+				}
 				if err == nil && sha256.Sum256(got) != want {
 					err = errors.New("content differs")
 				}
@@ -238,7 +247,11 @@ func TestSoak(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	t.Logf("soak: %d sessions at %d concurrent in %v, %d failed", done.Load(), concurrency, time.Since(start).Round(time.Second), failed.Load())
+	t.Logf("soak: %d sessions at %d concurrent in %v, %d failed, %d retried after ftpgate's 421 for a server that never greeted",
+		done.Load(), concurrency, time.Since(start).Round(time.Second), failed.Load(), retried.Load())
+	if r := retried.Load(); r > int64(sessions)/200 {
+		t.Errorf("%d sessions met a server that never greeted; vsftpd's backlog explains a handful, not %d", r, r)
+	}
 	if failed.Load() != 0 || done.Load() != int64(sessions) {
 		t.Fatalf("%d of %d sessions failed (done %d); first: %s\nftpgate's lines other than sessions that ended well:\n%s",
 			failed.Load(), sessions, done.Load(), errMsg, tailString(notOK(g.LogText()), 8000))
@@ -288,3 +301,11 @@ func slowSession(line string) bool {
 	d, err := time.ParseDuration(v)
 	return err == nil && d >= time.Minute
 }
+
+// noGreeting is ftpgate's reply when the server accepted the connection but
+// never greeted. In the lab that happens when a burst overflows vsftpd's
+// compiled-in listen backlog of 32: the kernel drops the handshake's last ACK
+// (accept queue full) and, since it got an ACK, does not resend its SYN-ACK;
+// it waits for the client's next segment, which an FTP client — waiting for
+// the server to speak first — never sends.
+const noGreeting = "the FTP server sent no greeting"
