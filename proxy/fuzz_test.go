@@ -288,3 +288,50 @@ func TestFuzzReferenceAgrees(t *testing.T) {
 		t.Errorf("LineReader: got %v\nwant %v", got, want)
 	}
 }
+
+func FuzzParsePortRange(f *testing.F) {
+	for _, s := range []string{"50000-50099", "21", " 1-65535 ", "0-10", "10-9", "65536", "-", "1--2", "+1-2", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := ParsePortRange(s)
+		if err != nil {
+			if !r.IsZero() {
+				t.Fatalf("ParsePortRange(%q) failed with %v but returned %v", s, err, r)
+			}
+			return
+		}
+		if r.Lo == 0 || r.Lo > r.Hi || !r.Contains(r.Lo) || !r.Contains(r.Hi) {
+			t.Fatalf("ParsePortRange(%q) = %v", s, r)
+		}
+		if again, err := ParsePortRange(r.String()); again != r || err != nil {
+			t.Fatalf("round trip of %v via %q: %v, %v", r, r.String(), again, err)
+		}
+	})
+}
+
+// FuzzParseCommand checks that the verb is the text before the first space,
+// ASCII upper-cased and otherwise unchanged, and that nothing is lost.
+func FuzzParseCommand(f *testing.F) {
+	for _, s := range []string{"PORT 10,77,1,2,195,80", "port  x", "ſtor a", "NOOP", " x", "", "eprt |2|fd77::1|5000|"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, line string) {
+		verb, arg := ParseCommand(line)
+		if strings.IndexByte(verb, ' ') >= 0 {
+			t.Fatalf("ParseCommand(%q): verb %q has a space", line, verb)
+		}
+		raw, rest, found := strings.Cut(line, " ")
+		if len(verb) != len(raw) || !strings.EqualFold(verb, raw) || arg != rest || (!found && arg != "") {
+			t.Fatalf("ParseCommand(%q) = %q, %q", line, verb, arg)
+		}
+		for i := 0; i < len(verb); i++ {
+			if 'a' <= verb[i] && verb[i] <= 'z' {
+				t.Fatalf("ParseCommand(%q): verb %q not upper-cased", line, verb)
+			}
+			if verb[i] != raw[i] && verb[i] != raw[i]-('a'-'A') {
+				t.Fatalf("ParseCommand(%q): verb %q changed a byte other than a-z", line, verb)
+			}
+		}
+	})
+}

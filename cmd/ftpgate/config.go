@@ -257,7 +257,8 @@ func parseMark(s string) (mark, mask uint32, err error) {
 			return 0, 0, fmt.Errorf("--ct-mark %q: mask: %v", s, err)
 		}
 	}
-	if mk == 0 || mv&^mk != 0 {
+	// A zero value would match every unmarked connection as ftpgate's.
+	if mv == 0 || mv&^mk != 0 {
 		return 0, 0, fmt.Errorf("--ct-mark %q: the value must be non-zero bits inside the mask", s)
 	}
 	return uint32(mv), uint32(mk), nil

@@ -23,6 +23,7 @@ func TestParseMark(t *testing.T) {
 		{"256/0xff00", 0x100, 0xff00, true},
 		{"0x100/0x0ff", 0, 0, false}, // value outside the mask
 		{"0/0", 0, 0, false},
+		{"0/1", 0, 0, false}, // a zero value matches every unmarked connection
 		{"banana", 0, 0, false},
 		{"0x1/zz", 0, 0, false},
 	}
