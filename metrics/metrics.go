@@ -39,6 +39,7 @@ type Metrics struct {
 	openLatency     prometheus.Histogram
 	tls             *prometheus.CounterVec
 	upstreamFailed  prometheus.Counter
+	upstreamRedials prometheus.Counter
 	nftErrors       *prometheus.CounterVec
 	dataConns       *prometheus.CounterVec
 	dataBytes       *prometheus.CounterVec
@@ -77,6 +78,10 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 		upstreamFailed: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "upstream_connect_failures_total",
 			Help: "Connections to FTP servers that failed or timed out.",
+		}),
+		upstreamRedials: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "upstream_greeting_redials_total",
+			Help: "Second connections to an FTP server that had not started its greeting in time (a full accept queue drops handshakes).",
 		}),
 		nftErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "nftables_errors_total",
@@ -129,7 +134,7 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 		Help: "ftpgate's version; always 1.", ConstLabels: prometheus.Labels{"version": o.Version, "mode": o.Mode},
 	})
 	buildInfo.Set(1)
-	reg.MustRegister(buildInfo, m.upstreamFailed, m.nftErrors, m.dataConns, m.dataBytes, m.tls, m.sessions, m.sessionsActive, m.sessionDuration, m.commands, m.replies,
+	reg.MustRegister(buildInfo, m.upstreamFailed, m.upstreamRedials, m.nftErrors, m.dataConns, m.dataBytes, m.tls, m.sessions, m.sessionsActive, m.sessionDuration, m.commands, m.replies,
 		m.rewrites, m.refusals, m.pinholesOpened, m.pinholesEnded, m.openLatency)
 	if o.ActivePinholes != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -203,6 +208,9 @@ func (m *Metrics) Refused(r proxy.Reason) {
 		m.upstreamFailed.Inc()
 	}
 }
+
+// UpstreamRedial counts a second connection racing a server's missing greeting.
+func (m *Metrics) UpstreamRedial() { m.upstreamRedials.Inc() }
 
 // NFTError counts a failed nftables or netlink operation.
 func (m *Metrics) NFTError(operation string) { m.nftErrors.WithLabelValues(operation).Inc() }

@@ -57,6 +57,9 @@ type Observer interface {
 	PinholeOpened(f Flow, latency time.Duration)
 	// TLS counts AUTH TLS/SSL requests by what was done: "refused" or "passthrough".
 	TLS(action string)
+	// UpstreamRedial counts a second connection to a server that had not
+	// started its greeting in time (see dialGreeted).
+	UpstreamRedial()
 }
 
 type nopObserver struct{}
@@ -69,3 +72,4 @@ func (nopObserver) Rewrite(string)                    {}
 func (nopObserver) Refused(Reason)                    {}
 func (nopObserver) PinholeOpened(Flow, time.Duration) {}
 func (nopObserver) TLS(string)                        {}
+func (nopObserver) UpstreamRedial()                   {}

@@ -58,9 +58,13 @@ type Config struct {
 	// Nil: clients are taken as not NAT'ed.
 	SourceNAT   func(local, remote netip.AddrPort) (netip.Addr, error)
 	PinholeTTL  time.Duration // how long an unused opening lives; default 30s
-	DialTimeout time.Duration // upstream connect timeout; default 10s
-	MaxLine     int           // line cap in bytes; default MaxLine
-	MaxPending  int           // unused openings kept per session; older ones are revoked; default 8
+	DialTimeout time.Duration // upstream connect timeout, and how long the server may take to start its greeting; default 10s
+	// GreetingRedial is how long to wait for the server's greeting before a
+	// second connection races the first (see dialGreeted); default a
+	// quarter of DialTimeout.
+	GreetingRedial time.Duration
+	MaxLine        int // line cap in bytes; default MaxLine
+	MaxPending     int // unused openings kept per session; older ones are revoked; default 8
 	// Limits.
 	MaxSessions          int           // open sessions in all; default 1024
 	MaxSessionsPerClient int           // open sessions per client address; default 32
@@ -112,6 +116,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 10 * time.Second
+	}
+	if c.GreetingRedial <= 0 {
+		c.GreetingRedial = c.DialTimeout / 4
 	}
 	if c.MaxLine <= 0 {
 		c.MaxLine = MaxLine

@@ -133,7 +133,7 @@ func (s *session) run() {
 		s.log.Info("session end", args...)
 	}()
 
-	up, err := s.srv.dial(s)
+	up, err := s.dialGreeted()
 	if err != nil {
 		result = "upstream_error"
 		s.mu.Lock()
@@ -559,25 +559,8 @@ func (s *session) relayReplies() {
 		}
 	}()
 	multi := 0 // the code of the multi-line reply in progress, 0 if none
-	// A server that accepts the connection but never greets (hung, or its
-	// accept queue dropped the handshake's last ACK) counts as unreachable:
-	// the greeting must start within the connect timeout.
-	greeted := false
-	s.upstream.SetReadDeadline(time.Now().Add(s.cfg.DialTimeout))
 	for {
 		line, err := r.ReadLine()
-		if !greeted && errors.Is(err, os.ErrDeadlineExceeded) {
-			s.refused(ReasonUpstream, "FTP server sent no greeting", "timeout", s.cfg.DialTimeout)
-			s.mu.Lock()
-			s.endReason = "upstream_error"
-			s.writeClientLocked(fmt.Sprintf("421 ftpgate: the FTP server sent no greeting within %v", s.cfg.DialTimeout))
-			s.mu.Unlock()
-			return
-		}
-		if !greeted && (err == nil || errors.Is(err, ErrLineTooLong)) {
-			greeted = true
-			s.upstream.SetReadDeadline(time.Time{})
-		}
 		if errors.Is(err, ErrLineTooLong) {
 			s.refused(ReasonLineTooLong, "server reply line too long")
 			if multi == 0 {

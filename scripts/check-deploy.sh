@@ -467,6 +467,7 @@ METRICS = {
     "ftpgate_pinhole_open_latency_seconds": ("histogram", set()),
     "ftpgate_nftables_errors_total": ("counter", {"operation"}),
     "ftpgate_upstream_connect_failures_total": ("counter", set()),
+    "ftpgate_upstream_greeting_redials_total": ("counter", set()),
     "ftpgate_tls_sessions_total": ("counter", {"action"}),
     "ftpgate_data_connections_total": ("counter", {"direction"}),
     "ftpgate_data_bytes_total": ("counter", {"direction"}),
