@@ -200,7 +200,7 @@ func TestSoak(t *testing.T) {
 	fdsBefore := openFDs(pid)
 	goroutinesBefore := g.Metric(t, "go_goroutines")
 
-	var next, failed, done, retried atomic.Int64
+	var next, failed, done atomic.Int64
 	var firstErr sync.Once
 	var errMsg string
 	start := time.Now()
@@ -223,16 +223,6 @@ func TestSoak(t *testing.T) {
 				sctx, scancel := context.WithTimeout(ctx, 90*time.Second)
 				got, err := miniFTP(sctx, l.Client, l.ClientIP(c.fam), l.ServerIP(c.fam), name, c.mode)
 				scancel()
-				if err != nil && strings.Contains(err.Error(), noGreeting) {
-					// vsftpd's backlog dropped the handshake's last ACK and,
-					// the server speaking first, nothing resends it (see
-					// noGreeting): ftpgate said so with a 421, and a client
-					// tries again, as real ones do.
-					retried.Add(1)
-					sctx, scancel := context.WithTimeout(ctx, 90*time.Second)
-					got, err = miniFTP(sctx, l.Client, l.ClientIP(c.fam), l.ServerIP(c.fam), name, c.mode)
-					scancel()
-				}
 				if err == nil && sha256.Sum256(got) != want {
 					err = errors.New("content differs")
 				}
@@ -247,11 +237,11 @@ func TestSoak(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	t.Logf("soak: %d sessions at %d concurrent in %v, %d failed, %d retried after ftpgate's 421 for a server that never greeted",
-		done.Load(), concurrency, time.Since(start).Round(time.Second), failed.Load(), retried.Load())
-	if r := retried.Load(); r > int64(sessions)/200 {
-		t.Errorf("%d sessions met a server that never greeted; vsftpd's backlog explains a handful, not %d", r, r)
-	}
+	// vsftpd's backlog can also drop a handshake's last ACK; the server,
+	// speaking first, then never greets, and ftpgate races a second
+	// connection (see proxy.dialGreeted). Counted, not a failure.
+	t.Logf("soak: %d sessions at %d concurrent in %v, %d failed, %v upstream greeting redials",
+		done.Load(), concurrency, time.Since(start).Round(time.Second), failed.Load(), g.Metric(t, "ftpgate_upstream_greeting_redials_total"))
 	if failed.Load() != 0 || done.Load() != int64(sessions) {
 		t.Fatalf("%d of %d sessions failed (done %d); first: %s\nftpgate's lines other than sessions that ended well:\n%s",
 			failed.Load(), sessions, done.Load(), errMsg, tailString(notOK(g.LogText()), 8000))
@@ -301,11 +291,3 @@ func slowSession(line string) bool {
 	d, err := time.ParseDuration(v)
 	return err == nil && d >= time.Minute
 }
-
-// noGreeting is ftpgate's reply when the server accepted the connection but
-// never greeted. In the lab that happens when a burst overflows vsftpd's
-// compiled-in listen backlog of 32: the kernel drops the handshake's last ACK
-// (accept queue full) and, since it got an ACK, does not resend its SYN-ACK;
-// it waits for the client's next segment, which an FTP client — waiting for
-// the server to speak first — never sends.
-const noGreeting = "the FTP server sent no greeting"
