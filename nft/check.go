@@ -158,7 +158,7 @@ func checkKernel(c *nftables.Conn, cfg Config) []Finding {
 	if !tp6.IsValid() {
 		tp6 = DefaultTProxy6
 	}
-	probe("tproxy (nft_tproxy)", "load nft_tproxy / enable CONFIG_NFT_TPROXY",
+	probe("tproxy for forwarded connections (nft_tproxy, nft_fib_inet)", "load nft_tproxy and nft_fib_inet / enable CONFIG_NFT_TPROXY and CONFIG_NFT_FIB_INET",
 		tproxyRuleExprs(cfg, &fam4, o.ports, tp4), tproxyRuleExprs(cfg, &fam6, o.ports, tp6))
 	// The raw chains and their rules, in one batch.
 	c.AddChain(o.rawPre)

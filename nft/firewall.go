@@ -180,7 +180,7 @@ func (fw *Firewall) install() error {
 		if errors.Is(err, unix.ENOENT) {
 			// An expression type the kernel could not find or autoload.
 			return wrapHint("nftables", "create table "+name, err,
-				"the kernel lacks an nftables module ftpgate needs (nft_ct, nft_dynset, nft_socket, nft_tproxy) — run `ftpgate check` to see which")
+				"the kernel lacks an nftables module ftpgate needs (nft_ct, nft_dynset, nft_socket, nft_tproxy, nft_fib_inet) — run `ftpgate check` to see which")
 		}
 		return wrap("nftables", "create table "+name, err)
 	}

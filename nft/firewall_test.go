@@ -181,7 +181,7 @@ func TestNewInstallsAndCloseRemoves(t *testing.T) {
 		"flags dynamic,timeout",
 		"type filter hook prerouting priority mangle; policy accept;",
 		"tcp flags != syn / syn,ack socket transparent 1 meta mark set 0x00000001 accept",
-		"tcp dport @intercept_ports ct mark set ct mark | 0x00000100 meta mark set 0x00000001 tproxy ip to 127.0.0.1:2121 accept",
+		"tcp dport @intercept_ports fib daddr type != local ct mark set ct mark | 0x00000100 meta mark set 0x00000001 tproxy ip to 127.0.0.1:2121 accept",
 		"tproxy ip6 to [::1]:2121 accept",
 		"ct state new tcp flags syn / fin,syn,rst,ack ip saddr . ip daddr . tcp dport @pin4 delete @pin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark | 0x00000100",
 		"ct state new tcp flags syn / fin,syn,rst,ack ip6 saddr . ip6 daddr . tcp dport @pin6 delete @pin6 { ip6 saddr . ip6 daddr . tcp dport } ct mark set ct mark | 0x00000100",

@@ -164,12 +164,20 @@ func returnRuleExprs(cfg Config) []expr.Any {
 }
 
 // tproxyRuleExprs: meta nfproto X meta l4proto tcp tcp dport @intercept_ports
-// ct mark set ... meta mark set FWMark tproxy ip(6) to ADDR:PORT accept
+// fib daddr type != local ct mark set ... meta mark set FWMark
+// tproxy ip(6) to ADDR:PORT accept
+//
+// Only forwarded connections are diverted: one to an address of the gateway
+// itself (an FTP server running there) goes to that server untouched. Proxied,
+// it could not work — the local server's replies to the client's address
+// would leave by the route to the client, bypassing ftpgate's socket.
 func tproxyRuleExprs(cfg Config, fa *family, ports *nftables.Set, to netip.AddrPort) []expr.Any {
 	e := matchFamilyTCP(fa)
 	e = append(e,
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: offDport, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: ports.Name, SetID: ports.ID},
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nativeU32(unix.RTN_LOCAL)},
 	)
 	e = append(e, setCTMark(cfg.CTMark, cfg.CTMask)...)
 	e = append(e, setMetaMark(cfg.FWMark)...)

@@ -93,13 +93,13 @@ func Ruleset(cfg Config) string {
 		w("\t\t# packets of ftpgate's transparent sockets (not new connections: a TIME_WAIT socket")
 		w("\t\t# must not catch a client's reconnection from the same port)")
 		w("\t\tmeta l4proto tcp tcp flags & (syn | ack) != syn socket transparent 1 meta mark set %#x accept", cfg.FWMark)
-		w("\t\t# divert FTP control connections to ftpgate")
+		w("\t\t# divert forwarded FTP control connections to ftpgate (not those to the gateway itself)")
 		if cfg.interceptV4() {
-			w("\t\tmeta nfproto ipv4 meta l4proto tcp tcp dport @%s %s meta mark set %#x tproxy ip to %s accept",
+			w("\t\tmeta nfproto ipv4 meta l4proto tcp tcp dport @%s fib daddr type != local %s meta mark set %#x tproxy ip to %s accept",
 				setInterceptPort, ctSet, cfg.FWMark, cfg.TProxy4)
 		}
 		if cfg.interceptV6() {
-			w("\t\tmeta nfproto ipv6 meta l4proto tcp tcp dport @%s %s meta mark set %#x tproxy ip6 to %s accept",
+			w("\t\tmeta nfproto ipv6 meta l4proto tcp tcp dport @%s fib daddr type != local %s meta mark set %#x tproxy ip6 to %s accept",
 				setInterceptPort, ctSet, cfg.FWMark, cfg.TProxy6)
 		}
 	}

@@ -123,3 +123,58 @@ func TestTransparentInterception(t *testing.T) {
 		})
 	}
 }
+
+// TestGatewayOwnServerNotIntercepted: a connection to an FTP port of the
+// gateway's own address reaches the gateway's own server, not ftpgate's
+// listener (proxied, the local server's replies would bypass ftpgate).
+func TestGatewayOwnServerNotIntercepted(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct{ name, gwAddr, lst string }{
+		{"ipv4", "10.77.2.2", "127.0.0.1:2121"},
+		{"ipv6", "fd77:2::2", "[::1]:2121"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			leakCheck(t)
+			cli, gw, _ := routedLab(t)
+			newFirewall(t, gw, Config{Intercept: true})
+			own := net.JoinHostPort(tc.gwAddr, "21")
+			echoServer(t, gw, own)
+			var ln net.Listener
+			gw.do(t, func() {
+				var err error
+				lc := net.ListenConfig{Control: transparent}
+				if ln, err = lc.Listen(context.Background(), "tcp", tc.lst); err != nil {
+					t.Fatalf("transparent listen %s: %v", tc.lst, err)
+				}
+			})
+			defer ln.Close()
+			diverted := make(chan struct{})
+			go func() {
+				if c, err := ln.Accept(); err == nil {
+					c.Close()
+					close(diverted)
+				}
+			}()
+
+			c, err := dial(t, cli, own)
+			if err != nil {
+				t.Fatalf("client connect to the gateway's own %s: %v", own, err)
+			}
+			defer c.Close()
+			msg := "to the gateway itself"
+			if _, err := c.Write([]byte(msg)); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, len(msg))
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+				t.Fatalf("echo from the gateway's own server: %q, %v", buf, err)
+			}
+			select {
+			case <-diverted:
+				t.Fatal("a connection to the gateway's own address was diverted to ftpgate's listener")
+			default:
+			}
+		})
+	}
+}
