@@ -439,8 +439,9 @@ func (s *session) activeCommand(verb, arg, line string) {
 			return
 		}
 		f.Target = ap
-		port, ok := s.allocPort(via)
-		if !ok {
+		port, refusal := s.allocPort(via)
+		if refusal != "" {
+			s.reply(refusal)
 			return
 		}
 		f.Dst = netip.AddrPortFrom(via, port)
@@ -458,15 +459,15 @@ func (s *session) activeCommand(verb, arg, line string) {
 	s.forward(verb, line)
 }
 
-// allocPort takes a gateway port on addr; on exhaustion the client is told.
-func (s *session) allocPort(addr netip.Addr) (uint16, bool) {
+// allocPort takes a gateway port on addr for a NAT'ed data connection. On
+// exhaustion it counts the refusal and returns the reply for the client.
+func (s *session) allocPort(addr netip.Addr) (port uint16, refusal string) {
 	port, err := s.srv.pool.get(addr)
 	if err != nil {
 		s.refused(ReasonNoPorts, "no free data port", "addr", addr.String(), "range", s.cfg.PassivePorts.String())
-		s.reply("425 ftpgate: no free data port, try again later")
-		return 0, false
+		return 0, "425 ftpgate: no free data port, try again later"
 	}
-	return port, true
+	return port, ""
 }
 
 // learnPublicAddr decides whether data connections need NAT in this session.
@@ -716,10 +717,9 @@ func (s *session) passiveReply(code int, line string) string {
 			s.refused(ReasonCrossFamily, "data connection across IP versions", "public", s.publicAddr.String(), "server", ap.Addr().String())
 			return "425 ftpgate: the server is reachable only over the other IP version; data connections cannot cross it"
 		}
-		port, err := s.srv.pool.get(s.publicAddr)
-		if err != nil {
-			s.refused(ReasonNoPorts, "no free passive port", "range", s.cfg.PassivePorts.String())
-			return "425 ftpgate: no free passive port, try again later"
+		port, refusal := s.allocPort(s.publicAddr)
+		if refusal != "" {
+			return refusal
 		}
 		f.Dst, f.Target, f.SNAT = netip.AddrPortFrom(s.publicAddr, port), ap, s.insideAddr
 		if code == 227 {
