@@ -36,7 +36,8 @@ func (s *session) dialGreeted() (net.Conn, error) {
 		}
 		if s.ctx.Err() == nil {
 			s.cfg.Observer.UpstreamRedial()
-			s.log.Warn("no greeting from the FTP server yet: connecting a second time in parallel", "after", s.cfg.GreetingRedial)
+			s.log.Warn("no greeting from the FTP server yet: connecting a second time in parallel",
+				"server", first.RemoteAddr().String(), "after", s.cfg.GreetingRedial)
 			if second, err := s.srv.dial(s); err == nil {
 				return s.raceGreetings(first, second, deadline)
 			}
