@@ -7,6 +7,7 @@ import (
 	"net"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -105,10 +106,13 @@ func awaitGreeting(ctx context.Context, c net.Conn, deadline time.Time) bool {
 	defer c.SetReadDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
 	defer stop()
+	// A raw system call, as in rawio.go: the socket is non-blocking, and
+	// unix.Recvfrom would enter the runtime's syscall state and wake sysmon.
 	var b [1]byte
 	err = rc.Read(func(fd uintptr) bool {
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return err != unix.EAGAIN && err != unix.EINTR
+		_, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		return e != unix.EAGAIN && e != unix.EINTR
 	})
 	// rc.Read's own error is the deadline or a closed connection; a
 	// failed socket (reset, EOF) ends the wait with nil, for the relay to
