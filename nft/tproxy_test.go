@@ -31,6 +31,22 @@ func transparent(network, _ string, c syscall.RawConn) error {
 	return serr
 }
 
+// transparentListener listens on addr inside ns as ftpgate's listener does
+// (IP_TRANSPARENT); it is closed when the test ends.
+func transparentListener(t *testing.T, ns *testNS, addr string) net.Listener {
+	t.Helper()
+	var ln net.Listener
+	ns.do(t, func() {
+		var err error
+		lc := net.ListenConfig{Control: transparent}
+		if ln, err = lc.Listen(context.Background(), "tcp", addr); err != nil {
+			t.Fatalf("transparent listen %s: %v", addr, err)
+		}
+	})
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
 // TestTransparentInterception routes cli -> gw -> srv. The Firewall in gw
 // diverts cli's connection to srv:21 to a transparent listener in gw, and a
 // transparent upstream socket bound to cli's address reaches srv, whose
@@ -55,16 +71,7 @@ func TestTransparentInterception(t *testing.T) {
 			echoServer(t, srv, srvAddr)
 
 			// The proxy's transparent listener in gw.
-			var ln net.Listener
-			gw.do(t, func() {
-				var err error
-				lc := net.ListenConfig{Control: transparent}
-				ln, err = lc.Listen(context.Background(), "tcp", tc.lst)
-				if err != nil {
-					t.Fatalf("transparent listen %s: %v", tc.lst, err)
-				}
-			})
-			defer ln.Close()
+			ln := transparentListener(t, gw, tc.lst)
 			accepted := make(chan net.Conn, 1)
 			go func() {
 				c, err := ln.Accept()
@@ -139,15 +146,7 @@ func TestGatewayOwnServerNotIntercepted(t *testing.T) {
 			newFirewall(t, gw, Config{Intercept: true})
 			own := net.JoinHostPort(tc.gwAddr, "21")
 			echoServer(t, gw, own)
-			var ln net.Listener
-			gw.do(t, func() {
-				var err error
-				lc := net.ListenConfig{Control: transparent}
-				if ln, err = lc.Listen(context.Background(), "tcp", tc.lst); err != nil {
-					t.Fatalf("transparent listen %s: %v", tc.lst, err)
-				}
-			})
-			defer ln.Close()
+			ln := transparentListener(t, gw, tc.lst)
 			diverted := make(chan struct{})
 			go func() {
 				if c, err := ln.Accept(); err == nil {
