@@ -50,9 +50,10 @@ type Metrics struct {
 
 // Options describe the daemon the metrics belong to.
 type Options struct {
-	Mode           string     // "transparent" or "reverse": the mode label of session metrics
-	Version        string     // for ftpgate_build_info
-	ActivePinholes func() int // source of the open-pinholes gauge; may be nil
+	Mode           string      // "transparent" or "reverse": the mode label of session metrics
+	Version        string      // for ftpgate_build_info
+	ActivePinholes func() int  // source of the open-pinholes gauge; may be nil
+	Realtime       func() bool // whether the daemon runs at a real-time priority; may be nil
 }
 
 // New creates the collectors and registers them.
@@ -136,6 +137,17 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 	buildInfo.Set(1)
 	reg.MustRegister(buildInfo, m.upstreamFailed, m.upstreamRedials, m.nftErrors, m.dataConns, m.dataBytes, m.tls, m.sessions, m.sessionsActive, m.sessionDuration, m.commands, m.replies,
 		m.rewrites, m.refusals, m.pinholesOpened, m.pinholesEnded, m.openLatency)
+	if o.Realtime != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "realtime_scheduling",
+			Help: "1 while the daemon runs at a real-time priority (--rt-priority, or set by systemd); 0 otherwise, also after it left it because a thread ran too long without pause.",
+		}, func() float64 {
+			if o.Realtime() {
+				return 1
+			}
+			return 0
+		}))
+	}
 	if o.ActivePinholes != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "pinholes_active",

@@ -17,7 +17,9 @@ import (
 
 func TestMetricsLintClean(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m := New(reg, Options{Mode: "reverse", Version: "test", ActivePinholes: func() int { return 3 }})
+	var realtime atomic.Bool
+	realtime.Store(true)
+	m := New(reg, Options{Mode: "reverse", Version: "test", ActivePinholes: func() int { return 3 }, Realtime: realtime.Load})
 	f := proxy.Flow{Src: netip.MustParseAddr("fd77::2"), Dst: netip.MustParseAddrPort("[fd77:1::2]:50000"), Dir: proxy.Passive}
 	m.SessionStarted()
 	m.Command("RETR")
@@ -57,6 +59,19 @@ func TestMetricsLintClean(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.sessionsActive); got != 0 {
 		t.Errorf("active sessions = %v, want 0", got)
+	}
+	for _, on := range []bool{true, false} {
+		realtime.Store(on)
+		want := "0"
+		if on {
+			want = "1"
+		}
+		err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP ftpgate_realtime_scheduling 1 while the daemon runs at a real-time priority (--rt-priority, or set by systemd); 0 otherwise, also after it left it because a thread ran too long without pause.
+# TYPE ftpgate_realtime_scheduling gauge
+ftpgate_realtime_scheduling `+want+"\n"), "ftpgate_realtime_scheduling")
+		if err != nil {
+			t.Errorf("realtime %v: %v", on, err)
+		}
 	}
 }
 

@@ -316,14 +316,22 @@ stop_ftpgate() {
 	if in_ns ip rule | grep -q fwmark; then echo "fwmark policy rule left behind"; return 1; fi
 }
 
-# setpriv arguments granting exactly the unit's AmbientCapabilities to a
-# non-root user (DynamicUser picks UIDs from 61184 up), with the unit's
-# bounding set and no_new_privs; then the unit's seccomp policy.
+# The unit's scheduling and RLIMIT_RTTIME, set as root as systemd does
+# before it drops privileges (prlimit, chrt); then setpriv arguments granting
+# exactly the unit's AmbientCapabilities to a non-root user (DynamicUser
+# picks UIDs from 61184 up), with the unit's bounding set and no_new_privs;
+# then the unit's seccomp policy.
 UNIT=deploy/systemd/ftpgate.service
 unit_sandbox() {
-	local amb bnd
+	local amb bnd rr rttime
 	amb=$(sed -n 's/^AmbientCapabilities=//p' "$UNIT" | tr 'A-Z' 'a-z' | sed 's/cap_/+/g; s/ /,/g')
 	bnd=$(sed -n 's/^CapabilityBoundingSet=//p' "$UNIT" | tr 'A-Z' 'a-z' | sed 's/cap_/+/g; s/ /,/g')
+	rr=$(sed -n 's/^CPUSchedulingPriority=//p' "$UNIT")
+	rttime=$(sed -n 's/^LimitRTTIME=\([0-9]*\)ms:infinity$/\1000:unlimited/p' "$UNIT")
+	if grep -q '^CPUSchedulingPolicy=rr$' "$UNIT"; then
+		[ -n "$rr" ] && [ -n "$rttime" ] || { echo "CPUSchedulingPolicy=rr needs CPUSchedulingPriority= and LimitRTTIME=<n>ms:infinity" >&2; return 1; }
+		echo -n "prlimit --rttime=$rttime chrt --rr $rr "
+	fi
 	echo setpriv --reuid=61184 --regid=61184 --clear-groups --no-new-privs \
 		--bounding-set="-all,$bnd" --inh-caps="-all,$amb" --ambient-caps="$amb" \
 		"$PY" "$TMP/check.py" seccomp-exec "$UNIT"
@@ -331,7 +339,7 @@ unit_sandbox() {
 
 unit_runtime_transparent() {
 	local sb log=$TMP/unit-transparent.log
-	sb=$(unit_sandbox)
+	sb=$(unit_sandbox) || return 1
 	echo "+ $sb $BIN run --config $CONF"
 	in_ns nft flush ruleset
 	in_ns nft -f deploy/nftables/host-firewall.nft || return 1
@@ -345,13 +353,19 @@ unit_runtime_transparent() {
 	grep -q '^Uid:[[:space:]]*61184' /proc/"$FGPID"/status || { echo "not running as uid 61184"; return 1; }
 	[ "$seccomp" = 2 ] || { echo "no seccomp filter on ftpgate (Seccomp: $seccomp)"; return 1; }
 	in_ns nft list table inet ftpgate >/dev/null || { echo "no table inet ftpgate while ready"; return 1; }
+	local sched=normal
+	if grep -q '^CPUSchedulingPolicy=rr$' "$UNIT"; then
+		grep -q '^ftpgate_realtime_scheduling 1$' "$TMP/metrics.txt" ||
+			{ echo "the unit sets CPUSchedulingPolicy=rr, but ftpgate_realtime_scheduling is not 1"; cat "$log"; return 1; }
+		sched="real-time ($(chrt -p "$FGPID" | sed -n 's/.*current scheduling policy: //p' | head -1), guard armed)"
+	fi
 	stop_ftpgate 30 || { cat "$log"; return 1; }
-	say "uid 61184, CapEff $caps, seccomp filter: ready, table installed, clean exit on SIGTERM"
+	say "uid 61184, CapEff $caps, seccomp filter, $sched scheduling: ready, table installed, clean exit on SIGTERM"
 }
 
 unit_runtime_reverse() {
 	local sb log=$TMP/unit-reverse.log out
-	sb=$(unit_sandbox)
+	sb=$(unit_sandbox) || return 1
 	in_ns nft flush ruleset
 	in_ns nft -f deploy/nftables/reverse-mode.nft || return 1
 	ip netns exec "$NS" "$PY" "$TMP/check.py" ftp-server 127.0.0.1 2100 >"$TMP/ftp-server.log" 2>&1 &
@@ -468,6 +482,7 @@ METRICS = {
     "ftpgate_nftables_errors_total": ("counter", {"operation"}),
     "ftpgate_upstream_connect_failures_total": ("counter", set()),
     "ftpgate_upstream_greeting_redials_total": ("counter", set()),
+    "ftpgate_realtime_scheduling": ("gauge", set()),
     "ftpgate_tls_sessions_total": ("counter", {"action"}),
     "ftpgate_data_connections_total": ("counter", {"direction"}),
     "ftpgate_data_bytes_total": ("counter", {"direction"}),

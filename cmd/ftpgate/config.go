@@ -46,6 +46,7 @@ type options struct {
 	anonymousOnly        bool
 	tls                  string
 	nice                 int
+	rtPriority           int
 	procs                int
 	procsSet             bool // --procs was given (flag, environment or config file)
 }
@@ -98,6 +99,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.BoolVar(&o.anonymousOnly, "anonymous-only", false, "refuse logins other than anonymous/ftp")
 	fs.IntVar(&o.procs, "procs", 1, "threads running Go code at once (GOMAXPROCS; 0: one per CPU). One suits a control-channel proxy: each line is microseconds of work and the data stays in the kernel, and one thread avoids waking others per line; raise it for thousands of new sessions per second. Unset, a GOMAXPROCS environment variable wins (read at start only)")
 	fs.IntVar(&o.nice, "nice", 0, "scheduling priority of the daemon's threads, -20 (most favourable) to 19; 0 leaves it as started (read at start only)")
+	fs.IntVar(&o.rtPriority, "rt-priority", 0, "run the daemon's threads at this real-time priority (SCHED_RR, 1-99; 0: as started). Under load it keeps pinhole openings in the sub-millisecond range; a thread busy for "+rtBudget.String()+" without pause drops the daemon back to normal scheduling (read at start only)")
 	fs.StringVar(&o.tls, "tls", "refuse", "AUTH TLS: refuse (clients fall back to plain FTP) or passthrough (relay the encrypted channel blind; no data pinholes)")
 	return fs
 }
@@ -176,6 +178,9 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 	}
 	if o.nice < -20 || o.nice > 19 {
 		return cfg, fmt.Errorf("--nice %d: want -20 (most favourable) to 19", o.nice)
+	}
+	if o.rtPriority < 0 || o.rtPriority > 99 {
+		return cfg, fmt.Errorf("--rt-priority %d: want 1 (lowest real-time priority) to 99, or 0 to leave the scheduling as started", o.rtPriority)
 	}
 	switch o.mode {
 	case "transparent":

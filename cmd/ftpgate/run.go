@@ -74,13 +74,22 @@ func runCmd(args []string) error {
 			return err
 		}
 	}
+	if o.rtPriority != 0 {
+		if err := setRealtime(o.rtPriority); err != nil {
+			return err
+		}
+	}
+	var rt realtimeGuard
+	if err := rt.start(log, rtBudget); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var fw *nft.Firewall
-	m := metrics.New(reg, metrics.Options{Mode: o.mode, Version: version, ActivePinholes: func() int {
+	m := metrics.New(reg, metrics.Options{Mode: o.mode, Version: version, Realtime: rt.on.Load, ActivePinholes: func() int {
 		if fw == nil {
 			return 0
 		}

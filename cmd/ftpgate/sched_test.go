@@ -1,53 +1,197 @@
 package main
 
 import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// TestSetNice renices a child process (this test binary again) and checks
-// every thread, including ones started afterwards, has the value.
+// inChild reports whether this process is the child runChild started for
+// the test name.
+func inChild(name string) bool { return os.Getenv("FTPGATE_TEST_CHILD") == name }
+
+// runChild runs test name again in a child process (this test binary), so
+// that the scheduling changes it makes stay out of the test process.
+func runChild(t *testing.T, name string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+name+"$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "FTPGATE_TEST_CHILD="+name)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	if strings.Contains(string(out), "--- SKIP") {
+		t.Skipf("child skipped:\n%s", out)
+	}
+}
+
+// startThreads starts n new threads (locked goroutines force them) and runs
+// check on each.
+func startThreads(n int, check func()) {
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			check()
+		}()
+	}
+	wg.Wait()
+}
+
+// TestSetNice renices a child process and checks every thread, including
+// ones started afterwards, has the value.
 func TestSetNice(t *testing.T) {
-	if os.Getenv("FTPGATE_TEST_NICE_CHILD") == "1" {
-		if err := setNice(7); err != nil {
-			t.Fatal(err)
+	if !inChild(t.Name()) {
+		runChild(t, t.Name())
+		return
+	}
+	if err := setNice(7); err != nil {
+		t.Fatal(err)
+	}
+	startThreads(4, func() {
+		if p, err := unix.Getpriority(unix.PRIO_PROCESS, 0); err != nil || 20-p != 7 {
+			t.Errorf("new thread: getpriority = %d, %v; want nice 7", p, err)
 		}
-		// New threads inherit it: start some (locked goroutines force them).
-		var wg sync.WaitGroup
-		for range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				runtime.LockOSThread()
-				if p, err := unix.Getpriority(unix.PRIO_PROCESS, 0); err != nil || 20-p != 7 {
-					t.Errorf("new thread: getpriority = %d, %v; want nice 7", p, err)
-				}
-			}()
+	})
+	forEachThread(func(tid int) error {
+		// The raw syscall returns 20-nice.
+		if p, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err != nil || 20-p != 7 {
+			t.Errorf("thread %d: getpriority = %d, %v; want nice 7", tid, p, err)
 		}
-		wg.Wait()
-		tasks, err := os.ReadDir("/proc/self/task")
+		return nil
+	})
+}
+
+// wantPolicy checks that every thread of the process has policy, priority
+// and nice value.
+func wantPolicy(t *testing.T, policy, prio uint32, nice int32) {
+	t.Helper()
+	forEachThread(func(tid int) error {
+		a, err := unix.SchedGetAttr(tid, 0)
+		if err == unix.ESRCH {
+			return nil
+		}
+		// getpriority: sched_getattr reports no nice value for real-time threads.
+		p, perr := unix.Getpriority(unix.PRIO_PROCESS, tid)
+		if err != nil || perr != nil || a.Policy != policy || a.Priority != prio || int32(20-p) != nice {
+			t.Errorf("thread %d: sched_getattr = %+v, %v, getpriority %d, %v; want policy %d priority %d nice %d", tid, a, err, p, perr, policy, prio, nice)
+		}
+		return nil
+	})
+}
+
+// TestSetRealtime puts a child process under SCHED_RR, checks every thread
+// (new ones too) has it, then leaves it: normal scheduling, the nice value
+// kept.
+func TestSetRealtime(t *testing.T) {
+	if !inChild(t.Name()) {
+		runChild(t, t.Name())
+		return
+	}
+	if err := setNice(5); err != nil {
+		t.Fatal(err)
+	}
+	if err := setRealtime(3); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			t.Skipf("no real-time scheduling here (not root, or no CAP_SYS_NICE): %v", err)
+		}
+		t.Fatal(err)
+	}
+	if !strings.Contains(fmt.Sprint(setRealtime(100)), "--rt-priority 100") {
+		t.Error("setRealtime(100) error does not name the flag")
+	}
+	startThreads(4, func() {
+		if !isRealtime() {
+			t.Error("new thread: not real-time")
+		}
+	})
+	wantPolicy(t, unix.SCHED_RR, 3, 5)
+	if err := leaveRealtime(); err != nil {
+		t.Fatal(err)
+	}
+	wantPolicy(t, unix.SCHED_NORMAL, 0, 5)
+}
+
+// TestRealtimeGuard runs a child at real-time priority with a 20 ms budget
+// and spins: the kernel's SIGXCPU must bring every thread back to normal
+// scheduling, with a log line, and the spin ends.
+func TestRealtimeGuard(t *testing.T) {
+	if !inChild(t.Name()) {
+		runChild(t, t.Name())
+		return
+	}
+	// One P: the spinning goroutine's thread never blocks, and the guard
+	// still runs when the runtime preempts the spin.
+	runtime.GOMAXPROCS(1)
+	var g realtimeGuard
+	var logged bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&syncWriter{w: &logged}, nil))
+	if err := g.start(log, 20*time.Millisecond); err != nil || g.on.Load() {
+		t.Fatalf("guard at normal priority: armed %v, %v; want not armed, no error", g.on.Load(), err)
+	}
+	if err := setRealtime(1); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			t.Skipf("no real-time scheduling here (not root, or no CAP_SYS_NICE): %v", err)
+		}
+		t.Fatal(err)
+	}
+	if err := g.start(log, 20*time.Millisecond); err != nil || !g.on.Load() {
+		t.Fatalf("guard at real-time priority: armed %v, %v", g.on.Load(), err)
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_RTTIME, &lim); err != nil || lim.Cur != 20000 {
+		t.Errorf("RLIMIT_RTTIME = %+v, %v; want soft limit 20000 µs", lim, err)
+	}
+	// Bounded: a real-time spin on one CPU, for the budget (or 5 s at most).
+	deadline := time.Now().Add(5 * time.Second)
+	for g.on.Load() && time.Now().Before(deadline) {
+	}
+	if g.on.Load() {
+		leaveRealtime()
+		t.Fatal("still real-time 5 s into a spin with a 20 ms budget")
+	}
+	for time.Now().Before(deadline) && !strings.Contains(logged.String(), "level=ERROR") {
+		time.Sleep(time.Millisecond)
+	}
+	wantPolicy(t, unix.SCHED_NORMAL, 0, 0)
+	if !strings.Contains(logged.String(), "real-time priority") {
+		t.Errorf("log = %q, want a line saying why real-time scheduling ended", logged.String())
+	}
+}
+
+// syncWriter serialises writes to w (the guard logs from its goroutine).
+type syncWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func TestRTPriorityRange(t *testing.T) {
+	for _, n := range []string{"-1", "100"} {
+		o, err := parseOptions("run", []string{"--rt-priority", n})
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, task := range tasks {
-			tid, _ := strconv.Atoi(task.Name())
-			// The raw syscall returns 20-nice.
-			if p, err := unix.Getpriority(unix.PRIO_PROCESS, tid); err != nil || 20-p != 7 {
-				t.Errorf("thread %d: getpriority = %d, %v; want nice 7", tid, p, err)
-			}
+		if _, err := o.proxyConfig(); err == nil {
+			t.Errorf("--rt-priority %s accepted", n)
 		}
-		return
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSetNice$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "FTPGATE_TEST_NICE_CHILD=1")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("child: %v\n%s", err, out)
 	}
 }
 
