@@ -1,10 +1,12 @@
 package nft
 
 import (
-	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/conntrack"
@@ -29,6 +31,11 @@ const (
 // connection — cost ftpgate no wakeup and no decoding.
 type ctEvents struct {
 	conn      *netlink.Conn
+	rc        syscall.RawConn
+	buf       []byte // one datagram of events
+	n         int    // recvfrom's result and error, set by readFn
+	errno     syscall.Errno
+	readFn    func(fd uintptr) bool
 	filtered  bool // the kernel filters by mark (else only userspace does)
 	mark      uint32
 	mask      uint32
@@ -49,7 +56,8 @@ func startCTEvents(mark, mask uint32, onNew func(pinKey, uint32), onDestroy func
 	if err != nil {
 		return nil, wrap("conntrack", "open netlink socket", err)
 	}
-	ev := &ctEvents{conn: c, mark: mark, mask: mask, onNew: onNew, onDestroy: onDestroy, onErr: onErr}
+	ev := &ctEvents{conn: c, mark: mark, mask: mask, onNew: onNew, onDestroy: onDestroy, onErr: onErr, buf: make([]byte, ctDatagramSize)}
+	ev.readFn = ev.recv
 	if err := ev.setup(); err != nil {
 		_ = c.Close()
 		return nil, err
@@ -60,6 +68,11 @@ func startCTEvents(mark, mask uint32, onNew func(pinKey, uint32), onDestroy func
 }
 
 func (ev *ctEvents) setup() error {
+	rc, err := ev.conn.SyscallConn()
+	if err != nil {
+		return wrap("conntrack", "raw socket access", err)
+	}
+	ev.rc = rc
 	// A burst of connections must not overflow the socket: ask for a large
 	// buffer and for no ENOBUFS errors (a lost event only makes a used
 	// pinhole look expired).
@@ -111,26 +124,78 @@ func markFilter(mark, mask uint32) ([]bpf.RawInstruction, error) {
 	})
 }
 
+// ctDatagramSize bounds one read: the kernel sends each event as a datagram
+// of its own, well under a kilobyte.
+const ctDatagramSize = 32 << 10
+
 func (ev *ctEvents) run() {
 	defer ev.done.Done()
 	for {
-		msgs, err := ev.conn.Receive()
+		msgs, err := ev.receive()
 		if ev.stopping.Load() {
 			return
 		}
 		if err != nil {
 			// With NETLINK_NO_ENOBUFS the socket has no transient errors;
 			// anything else is reported once and ends the listener.
-			if !errors.Is(err, unix.EINTR) {
-				ev.onErr(fmt.Errorf("conntrack event listener: %w", err))
-				return
-			}
-			continue
+			ev.onErr(fmt.Errorf("conntrack event listener: %w", err))
+			return
 		}
 		for _, m := range msgs {
-			ev.handle(m)
+			ev.handle(netlink.Message{
+				Header: netlink.Header{Length: m.Header.Len, Type: netlink.HeaderType(m.Header.Type),
+					Flags: netlink.HeaderFlags(m.Header.Flags), Sequence: m.Header.Seq, PID: m.Header.Pid},
+				Data: m.Data,
+			})
 		}
 	}
+}
+
+// receive reads one datagram of events, with a raw system call on the
+// non-blocking socket, waiting in Go's network poller. The messages point
+// into ev.buf: handle them before the next receive.
+//
+// Why not conn.Receive: its recvmsg enters the runtime's syscall state, and
+// a system call made after the daemon was idle wakes the runtime's sysmon
+// thread, which then polls every 20 µs until all is idle again. Events
+// arrive while the daemon sleeps (a client connecting to a pinhole), so
+// that was about one sysmon wakeup, three context switches, per session
+// (perf, one client at a time). proxy/rawio.go does the same for control
+// connections.
+func (ev *ctEvents) receive() ([]syscall.NetlinkMessage, error) {
+	for {
+		if err := ev.rc.Read(ev.readFn); err != nil {
+			return nil, err
+		}
+		switch {
+		case ev.errno == unix.ENOBUFS:
+			continue // cannot happen with NETLINK_NO_ENOBUFS; an event was lost
+		case ev.errno != 0:
+			return nil, os.NewSyscallError("recvfrom", ev.errno)
+		case ev.n > len(ev.buf):
+			ev.onErr(fmt.Errorf("conntrack event listener: a %d-byte datagram does not fit the %d-byte buffer: skipped", ev.n, len(ev.buf)))
+			continue
+		}
+		msgs, err := syscall.ParseNetlinkMessage(ev.buf[:ev.n])
+		if err != nil {
+			ev.onErr(fmt.Errorf("conntrack event listener: %w", err))
+			continue
+		}
+		return msgs, nil
+	}
+}
+
+// recv is the raw read for rc.Read: false means "not ready, wait in the
+// poller". MSG_TRUNC makes it return a datagram's full length even when the
+// buffer is shorter.
+func (ev *ctEvents) recv(fd uintptr) bool {
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&ev.buf[0])), uintptr(len(ev.buf)),
+		unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+	if e == unix.EAGAIN || e == unix.EINTR {
+		return false
+	}
+	ev.n, ev.errno = int(r), e
+	return true
 }
 
 func (ev *ctEvents) handle(m netlink.Message) {
