@@ -27,7 +27,7 @@ import (
 func (s *session) dialGreeted() (net.Conn, error) {
 	first, err := s.srv.dial(s)
 	if err != nil {
-		return nil, err
+		return nil, s.dialRefused(err)
 	}
 	deadline := time.Now().Add(s.cfg.DialTimeout)
 	redial := time.Now().Add(s.cfg.GreetingRedial)
@@ -39,9 +39,12 @@ func (s *session) dialGreeted() (net.Conn, error) {
 			s.cfg.Observer.UpstreamRedial()
 			s.log.Warn("no greeting from the FTP server yet: connecting a second time in parallel",
 				"server", first.RemoteAddr().String(), "after", s.cfg.GreetingRedial)
-			if second, err := s.srv.dial(s); err == nil {
+			second, err := s.srv.dial(s)
+			if err == nil {
 				return s.raceGreetings(first, second, deadline)
 			}
+			// Not a refusal (yet): the first connection may still greet.
+			s.log.Warn("second connection to the FTP server failed: waiting on the first", "err", err)
 		}
 	}
 	if awaitGreeting(s.ctx, first, deadline) {
@@ -76,6 +79,30 @@ func (s *session) raceGreetings(a, b net.Conn, deadline time.Time) (net.Conn, er
 		return nil, s.noGreeting()
 	}
 	return winner, nil
+}
+
+// dialError is a failed dial: the refusal it is counted as and logged with,
+// once it decides the session (a failed second dial does not), and what the
+// client is told.
+type dialError struct {
+	reason Reason
+	msg    string
+	args   []any
+	reply  string
+}
+
+func (e *dialError) Error() string { return e.reply }
+
+// dialRefused counts and logs err, a dial's failure, as the session's
+// refusal and returns it.
+func (s *session) dialRefused(err error) error {
+	var de *dialError
+	if errors.As(err, &de) {
+		s.refused(de.reason, de.msg, de.args...)
+	} else {
+		s.refused(ReasonUpstream, "cannot reach server", "err", err)
+	}
+	return err
 }
 
 // noGreeting counts, logs and describes a server that never spoke.

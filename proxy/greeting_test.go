@@ -4,19 +4,26 @@ import (
 	"bufio"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// redialObserver counts UpstreamRedial.
+// redialObserver counts UpstreamRedial and upstream_error refusals.
 type redialObserver struct {
 	nopObserver
-	redials atomic.Int32
+	redials, upstreamErrors atomic.Int32
 }
 
 func (o *redialObserver) UpstreamRedial() { o.redials.Add(1) }
+
+func (o *redialObserver) Refused(r Reason) {
+	if r == ReasonUpstream {
+		o.upstreamErrors.Add(1)
+	}
+}
 
 // greetingServer accepts connections and greets the n-th (from 0) after
 // delays[n]; a negative delay, or no entry, means never.
@@ -47,15 +54,34 @@ func greetingServer(t *testing.T, delays ...time.Duration) net.Listener {
 }
 
 // greetingOf runs one session against the server at sln and returns the
-// first line the client gets and the number of redials.
-func greetingOf(t *testing.T, sln net.Listener, cfg Config) (string, int32, string) {
+// first line the client gets, the observer's counts and the log. The dials
+// numbered in failDials (from 0) fail without connecting.
+func greetingOf(t *testing.T, sln net.Listener, cfg Config, failDials ...int) (string, *redialObserver, string) {
 	t.Helper()
+	srv, obs, logs := observedServer(cfg)
+	var dials atomic.Int32
+	srv.dial = func(s *session) (net.Conn, error) {
+		if slices.Contains(failDials, int(dials.Add(1)-1)) {
+			return nil, &dialError{ReasonUpstream, "cannot reach server", nil, "cannot reach the FTP server (test)"}
+		}
+		return net.Dial("tcp", sln.Addr().String())
+	}
+	return firstLine(t, srv), obs, logs.String()
+}
+
+// observedServer is a Server with cfg, a redialObserver and a text log.
+func observedServer(cfg Config) (*Server, *redialObserver, *syncBuffer) {
 	obs := &redialObserver{}
 	logs := &syncBuffer{}
 	cfg.Observer = obs
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
-	srv := NewServer(cfg, &fakeGate{})
-	srv.dial = func(s *session) (net.Conn, error) { return net.Dial("tcp", sln.Addr().String()) }
+	return NewServer(cfg, &fakeGate{}), obs, logs
+}
+
+// firstLine serves one client session with srv and returns the first line
+// the client gets.
+func firstLine(t *testing.T, srv *Server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -72,27 +98,64 @@ func greetingOf(t *testing.T, sln net.Listener, cfg Config) (string, int32, stri
 	if err != nil {
 		t.Fatalf("client read: %v", err)
 	}
-	return strings.TrimSpace(line), obs.redials.Load(), logs.String()
+	return strings.TrimSpace(line)
+}
+
+// The real reverse-mode dial: the server accepts the first connection, then
+// stops listening (the second is refused) and greets on the first late. The
+// session goes on, and the refused second connection is no refusal.
+func TestGreetingSecondDialRefused(t *testing.T) {
+	sln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c, err := sln.Accept()
+		sln.Close()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		time.Sleep(400 * time.Millisecond)
+		c.Write([]byte("220 late\r\n"))
+		time.Sleep(time.Second)
+	}()
+	srv, obs, logs := observedServer(Config{Mode: Reverse, Upstream: sln.Addr().String(),
+		DialTimeout: time.Second, GreetingRedial: 100 * time.Millisecond})
+	got := firstLine(t, srv)
+	if got != "220 late" || obs.redials.Load() != 1 || obs.upstreamErrors.Load() != 0 {
+		t.Errorf("client got %q after %d redials, %d upstream_error refusals; want \"220 late\" after 1, 0\n%s",
+			got, obs.redials.Load(), obs.upstreamErrors.Load(), logs)
+	}
+	if !strings.Contains(logs.String(), "second connection to the FTP server failed") {
+		t.Errorf("log does not say the second connection failed:\n%s", logs)
+	}
 }
 
 func TestGreetingRedial(t *testing.T) {
 	tests := []struct {
-		name    string
-		delays  []time.Duration
-		want    string
-		redials int32
+		name      string
+		delays    []time.Duration // of the connections the server accepts
+		failDials []int
+		want      string
+		redials   int32
+		refusals  int32 // upstream_error
 	}{
-		{"prompt server: one connection", []time.Duration{0}, "220 connection 0", 0},
-		{"first handshake lost: the second connection greets", []time.Duration{-1, 0}, "220 connection 1", 1},
-		{"slow but live first connection keeps its session", []time.Duration{400 * time.Millisecond, -1}, "220 connection 0", 1},
-		{"neither greets: 421", nil, "421 ftpgate: the FTP server sent no greeting within 1s", 1},
+		{"prompt server: one connection", []time.Duration{0}, nil, "220 connection 0", 0, 0},
+		{"first handshake lost: the second connection greets", []time.Duration{-1, 0}, nil, "220 connection 1", 1, 0},
+		{"slow but live first connection keeps its session", []time.Duration{400 * time.Millisecond, -1}, nil, "220 connection 0", 1, 0},
+		{"second dial fails, the slow first greets: no refusal", []time.Duration{400 * time.Millisecond}, []int{1}, "220 connection 0", 1, 0},
+		{"first dial fails: refused once", nil, []int{0}, "421 ftpgate: cannot reach the FTP server (test)", 0, 1},
+		{"neither greets: 421", nil, nil, "421 ftpgate: the FTP server sent no greeting within 1s", 1, 1},
+		{"silent first, failed second: one refusal", nil, []int{1}, "421 ftpgate: the FTP server sent no greeting within 1s", 1, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			sln := greetingServer(t, tc.delays...)
-			got, redials, logs := greetingOf(t, sln, Config{DialTimeout: time.Second, GreetingRedial: 100 * time.Millisecond})
-			if got != tc.want || redials != tc.redials {
-				t.Errorf("client got %q after %d redials; want %q after %d\n%s", got, redials, tc.want, tc.redials, logs)
+			got, obs, logs := greetingOf(t, sln, Config{DialTimeout: time.Second, GreetingRedial: 100 * time.Millisecond}, tc.failDials...)
+			if got != tc.want || obs.redials.Load() != tc.redials || obs.upstreamErrors.Load() != tc.refusals {
+				t.Errorf("client got %q after %d redials, %d upstream_error refusals; want %q after %d, %d\n%s",
+					got, obs.redials.Load(), obs.upstreamErrors.Load(), tc.want, tc.redials, tc.refusals, logs)
 			}
 		})
 	}
@@ -115,8 +178,8 @@ func TestGreetingServerClosesAtOnce(t *testing.T) {
 			c.Close()
 		}
 	}()
-	got, redials, _ := greetingOf(t, sln, Config{DialTimeout: 5 * time.Second, GreetingRedial: 2 * time.Second})
-	if !strings.HasPrefix(got, "421 ftpgate: the FTP server closed") || redials != 0 {
+	got, obs, _ := greetingOf(t, sln, Config{DialTimeout: 5 * time.Second, GreetingRedial: 2 * time.Second})
+	if redials := obs.redials.Load(); !strings.HasPrefix(got, "421 ftpgate: the FTP server closed") || redials != 0 {
 		t.Errorf("client got %q after %d redials; want the server-closed 421 and no redial", got, redials)
 	}
 }

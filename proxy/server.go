@@ -346,8 +346,8 @@ func dialReverse(s *session) (net.Conn, error) {
 	}
 	addrs, err := net.DefaultResolver.LookupNetIP(s.ctx, "ip", host)
 	if err != nil || len(addrs) == 0 {
-		s.refused(ReasonUpstream, "cannot resolve upstream", "upstream", s.cfg.Upstream, "err", err)
-		return nil, fmt.Errorf("cannot resolve the FTP server %s", host)
+		return nil, &dialError{ReasonUpstream, "cannot resolve upstream", []any{"upstream", s.cfg.Upstream, "err", err},
+			fmt.Sprintf("cannot resolve the FTP server %s", host)}
 	}
 	sameFamily := func(a netip.Addr) bool { return a.Unmap().Is4() == s.clientAddr.Is4() }
 	slices.SortStableFunc(addrs, func(a, b netip.Addr) int {
@@ -368,8 +368,8 @@ func dialReverse(s *session) (net.Conn, error) {
 		}
 		lastErr = err
 	}
-	s.refused(ReasonUpstream, "cannot reach server", "upstream", s.cfg.Upstream, "err", lastErr)
-	return nil, fmt.Errorf("cannot reach the FTP server %s", s.cfg.Upstream)
+	return nil, &dialError{ReasonUpstream, "cannot reach server", []any{"upstream", s.cfg.Upstream, "err", lastErr},
+		fmt.Sprintf("cannot reach the FTP server %s", s.cfg.Upstream)}
 }
 
 // dialFrom connects to dst from src's address (any port), as the client would.

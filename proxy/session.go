@@ -186,13 +186,13 @@ func dialTransparent(s *session) (net.Conn, error) {
 	// meant; a connection to the listener itself would loop.
 	dst := addrPortOf(s.client.LocalAddr())
 	if dst == s.self || !dst.Addr().IsValid() {
-		s.refused(ReasonLoop, "direct connection to the listener", "dst", dst.String())
-		return nil, errors.New("this port only serves intercepted connections")
+		return nil, &dialError{ReasonLoop, "direct connection to the listener", []any{"dst", dst.String()},
+			"this port only serves intercepted connections"}
 	}
 	up, err := dialFrom(s.ctx, s.clientAddr, dst, s.cfg.DialTimeout)
 	if err != nil {
-		s.refused(ReasonUpstream, "cannot reach server", "dst", dst.String(), "err", err)
-		return nil, fmt.Errorf("cannot reach the FTP server %s", dst)
+		return nil, &dialError{ReasonUpstream, "cannot reach server", []any{"dst", dst.String(), "err", err},
+			fmt.Sprintf("cannot reach the FTP server %s", dst)}
 	}
 	return up, nil
 }
