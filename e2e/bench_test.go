@@ -173,10 +173,11 @@ type CellResult struct {
 	FirstError  string  `json:"first_error,omitempty"`
 	// ftpgate setups: the daemon's user+sys CPU over the cell, and the
 	// cell's share of its pinhole-latency histogram.
-	DaemonCPUSeconds float64  `json:"daemon_cpu_s,omitempty"`
-	DaemonCtxSwitch  int64    `json:"daemon_context_switches,omitempty"` // voluntary + involuntary, all threads
-	PinholeBuckets   []bucket `json:"pinhole_latency_buckets,omitempty"`
-	FirewallErrors   float64  `json:"firewall_errors,omitempty"`
+	DaemonCPUSeconds  float64  `json:"daemon_cpu_s,omitempty"`
+	DaemonUserSeconds float64  `json:"daemon_user_cpu_s,omitempty"`       // the user-space part of DaemonCPUSeconds
+	DaemonCtxSwitch   int64    `json:"daemon_context_switches,omitempty"` // voluntary + involuntary, all threads
+	PinholeBuckets    []bucket `json:"pinhole_latency_buckets,omitempty"`
+	FirewallErrors    float64  `json:"firewall_errors,omitempty"`
 }
 
 // BigResult is one large RETR.
@@ -225,6 +226,7 @@ type DaemonRow struct {
 	Concurrency   int     `json:"concurrency"`
 	Sessions      int     `json:"sessions"`
 	CPUPerSessUs  float64 `json:"cpu_per_session_us"`
+	UserPerSessUs float64 `json:"user_cpu_per_session_us"` // of which in user space (ftpgate's code, the Go runtime)
 	CtxSwPerSess  float64 `json:"context_switches_per_session"`
 	PinholeOpens  float64 `json:"pinhole_opens"`
 	PinholeP50us  float64 `json:"pinhole_open_p50_us"`
@@ -493,15 +495,18 @@ func (b *benchRun) visit(s string, round int) {
 		// The metrics scrapes cost ftpgate CPU too: they stay outside the
 		// CPU window.
 		var m0 string
-		var cpu0 float64
+		var user0, sys0 float64
 		var cs0 int64
 		if pid != 0 {
 			m0 = sl.gate.Metrics(b.t)
-			cpu0, cs0 = procCPUSeconds(pid), procContextSwitches(pid)
+			user0, sys0 = procCPUTimes(pid)
+			cs0 = procContextSwitches(pid)
 		}
 		res := b.runCell(sl, round, c, b.cfg.Sessions)
 		if pid != 0 {
-			res.DaemonCPUSeconds = procCPUSeconds(pid) - cpu0
+			user1, sys1 := procCPUTimes(pid)
+			res.DaemonCPUSeconds = user1 + sys1 - user0 - sys0
+			res.DaemonUserSeconds = user1 - user0
 			res.DaemonCtxSwitch = procContextSwitches(pid) - cs0
 			m1 := sl.gate.Metrics(b.t)
 			res.PinholeBuckets = subBuckets(parseBuckets(m1, pinholeHistogram), parseBuckets(m0, pinholeHistogram))
@@ -735,24 +740,30 @@ func (b *benchCtl) cmd(line, want string) (string, error) {
 
 // procCPUSeconds returns utime+stime of pid (all threads) in seconds.
 func procCPUSeconds(pid int) float64 {
+	user, sys := procCPUTimes(pid)
+	return user + sys
+}
+
+// procCPUTimes returns utime and stime of pid (all threads) in seconds.
+func procCPUTimes(pid int) (user, sys float64) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0
+		return 0, 0
 	}
 	f := strings.Fields(s[i+1:])
 	// f[0] is field 3 (state): utime is field 14, stime field 15.
 	if len(f) < 13 {
-		return 0
+		return 0, 0
 	}
 	ut, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
 	const userHZ = 100 // USER_HZ: 100 on every Linux architecture Go supports
-	return (ut + st) / userHZ
+	return ut / userHZ, st / userHZ
 }
 
 // procContextSwitches returns the context switches (voluntary and not) of
@@ -1231,7 +1242,7 @@ func (b *benchRun) summarise() {
 		}
 		for _, conc := range append([]int{0}, b.cfg.Concurrency...) {
 			row := DaemonRow{Setup: s, Concurrency: conc}
-			var cpu float64
+			var cpu, user float64
 			var cs int64
 			var bs []bucket
 			for _, c := range rep.Cells {
@@ -1240,12 +1251,14 @@ func (b *benchRun) summarise() {
 				}
 				row.Sessions += c.Sessions
 				cpu += c.DaemonCPUSeconds
+				user += c.DaemonUserSeconds
 				cs += c.DaemonCtxSwitch
 				bs = addBuckets(bs, c.PinholeBuckets)
 				row.FirewallErrs += c.FirewallErrors
 			}
 			if row.Sessions > 0 {
 				row.CPUPerSessUs = 1e6 * cpu / float64(row.Sessions)
+				row.UserPerSessUs = 1e6 * user / float64(row.Sessions)
 				row.CtxSwPerSess = float64(cs) / float64(row.Sessions)
 			}
 			if len(bs) > 0 {
@@ -1367,7 +1380,7 @@ func (b *benchRun) table() string {
 		}
 	}
 	if len(rep.Daemon) > 0 {
-		fmt.Fprintf(&w, "\n%-26s %5s %9s %12s %10s %9s %12s %17s %8s\n", "ftpgate", "conc", "sessions", "CPU µs/sess", "cswch/sess", "pinholes", "open p50 µs", "open p99 µs", "fw errs")
+		fmt.Fprintf(&w, "\n%-26s %5s %9s %12s %9s %10s %9s %12s %17s %8s\n", "ftpgate", "conc", "sessions", "CPU µs/sess", "of it user", "cswch/sess", "pinholes", "open p50 µs", "open p99 µs", "fw errs")
 		for _, r := range rep.Daemon {
 			conc := "all"
 			if r.Concurrency != 0 {
@@ -1377,7 +1390,7 @@ func (b *benchRun) table() string {
 			if r.PinholeP99Max > 0 {
 				p99 = fmt.Sprintf("%.0f (≤%.0f)", r.PinholeP99us, r.PinholeP99Max)
 			}
-			fmt.Fprintf(&w, "%-26s %5s %9d %12.1f %10.1f %9.0f %12.0f %17s %8.0f\n", setupTitle[r.Setup], conc, r.Sessions, r.CPUPerSessUs, r.CtxSwPerSess, r.PinholeOpens, r.PinholeP50us, p99, r.FirewallErrs)
+			fmt.Fprintf(&w, "%-26s %5s %9d %12.1f %9.1f %10.1f %9.0f %12.0f %17s %8.0f\n", setupTitle[r.Setup], conc, r.Sessions, r.CPUPerSessUs, r.UserPerSessUs, r.CtxSwPerSess, r.PinholeOpens, r.PinholeP50us, p99, r.FirewallErrs)
 		}
 	}
 	if i := rep.Idle; i != nil {
