@@ -139,11 +139,16 @@ func (g *realtimeGuard) start(log *slog.Logger, budget time.Duration) error {
 	g.on.Store(true)
 	go func() {
 		<-sig
-		err := leaveRealtime()
+		signal.Stop(sig) // later SIGXCPUs are ignored (the Go runtime's default)
+		budget := time.Duration(lim.Cur) * time.Microsecond
+		if err := leaveRealtime(); err != nil {
+			log.Error("a thread ran at real-time priority without pause for longer than the budget, and leaving real-time scheduling failed: ftpgate stays at it, bounded only by the kernel's real-time throttling (allow it sched_setattr)",
+				"budget", budget, "error", err)
+			return
+		}
 		g.on.Store(false)
-		signal.Stop(sig)
 		log.Error("a thread ran at real-time priority without pause for longer than the budget; ftpgate now runs at normal priority until restarted (is it overloaded? see ftpgate_sessions_active and the CPU it uses)",
-			"budget", time.Duration(lim.Cur)*time.Microsecond, "error", err)
+			"budget", budget)
 	}()
 	return nil
 }
