@@ -160,14 +160,8 @@ func TestGatewayOwnServerNotIntercepted(t *testing.T) {
 				t.Fatalf("client connect to the gateway's own %s: %v", own, err)
 			}
 			defer c.Close()
-			msg := "to the gateway itself"
-			if _, err := c.Write([]byte(msg)); err != nil {
-				t.Fatal(err)
-			}
-			buf := make([]byte, len(msg))
-			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
-				t.Fatalf("echo from the gateway's own server: %q, %v", buf, err)
+			if err := echoed(c, "to the gateway itself", 5*time.Second); err != nil {
+				t.Fatalf("echo from the gateway's own server: %v", err)
 			}
 			select {
 			case <-diverted:

@@ -183,26 +183,18 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	return s.w.Write(p)
 }
 
-func TestRTPriorityRange(t *testing.T) {
-	for _, n := range []string{"-1", "100"} {
-		o, err := parseOptions("run", []string{"--rt-priority", n})
+// TestSchedRanges: scheduling values outside the kernel's range are refused.
+func TestSchedRanges(t *testing.T) {
+	for _, tc := range []struct{ flag, value string }{
+		{"--nice", "-21"}, {"--nice", "20"},
+		{"--rt-priority", "-1"}, {"--rt-priority", "100"},
+	} {
+		o, err := parseOptions("run", []string{tc.flag, tc.value})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if _, err := o.proxyConfig(); err == nil {
-			t.Errorf("--rt-priority %s accepted", n)
-		}
-	}
-}
-
-func TestNiceRange(t *testing.T) {
-	for _, n := range []string{"-21", "20"} {
-		o, err := parseOptions("run", []string{"--nice", n})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := o.proxyConfig(); err == nil {
-			t.Errorf("--nice %s accepted", n)
+			t.Errorf("%s %s accepted", tc.flag, tc.value)
 		}
 	}
 }
