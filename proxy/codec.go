@@ -22,6 +22,8 @@ const readBufferSize = 1024
 // Telnet command bytes (RFC 854) that matter for decoding.
 const (
 	telnetIAC  = 0xFF
+	telnetIP   = 0xF4 // Interrupt Process
+	telnetDM   = 0xF2 // Data Mark, the end of a Synch
 	telnetDONT = 0xFE
 	telnetDO   = 0xFD
 	telnetWONT = 0xFC
@@ -250,6 +252,18 @@ func ParseCommand(line string) (verb, arg string) {
 		}
 	}
 	return asciiUpper(verb), arg
+}
+
+// ValidVerb reports whether line starts with a verb of 3 or 4 ASCII letters
+// followed by a space or the end of the line, as every FTP command is
+// (RFC 959 section 5.3). ParseCommand splits at the first space only, while
+// some servers split at any white space: "PORT\t…" must not pass unchecked.
+func ValidVerb(line string) bool {
+	n := 0
+	for n < len(line) && n < 5 && isLetter(line[n]) {
+		n++
+	}
+	return (n == 3 || n == 4) && (n == len(line) || line[n] == ' ')
 }
 
 func asciiUpper(s string) string {

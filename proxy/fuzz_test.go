@@ -313,7 +313,7 @@ func FuzzParsePortRange(f *testing.F) {
 // FuzzParseCommand checks that the verb is the text before the first space,
 // ASCII upper-cased and otherwise unchanged, and that nothing is lost.
 func FuzzParseCommand(f *testing.F) {
-	for _, s := range []string{"PORT 10,77,1,2,195,80", "port  x", "ſtor a", "NOOP", " x", "", "eprt |2|fd77::1|5000|"} {
+	for _, s := range []string{"PORT 10,77,1,2,195,80", "port  x", "ſtor a", "NOOP", " x", "", "eprt |2|fd77::1|5000|", "PORT\t1", "ABORT"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, line string) {
@@ -332,6 +332,15 @@ func FuzzParseCommand(f *testing.F) {
 			if verb[i] != raw[i] && verb[i] != raw[i]-('a'-'A') {
 				t.Fatalf("ParseCommand(%q): verb %q changed a byte other than a-z", line, verb)
 			}
+		}
+		// A valid verb is exactly what the server will split off: 3-4
+		// letters, and no other white space a server might split at.
+		if ValidVerb(line) {
+			if len(verb) < 3 || len(verb) > 4 || strings.IndexFunc(verb, func(r rune) bool { return r < 'A' || r > 'Z' }) >= 0 {
+				t.Fatalf("ValidVerb(%q) with verb %q", line, verb)
+			}
+		} else if found && len(raw) >= 3 && len(raw) <= 4 && strings.IndexFunc(raw, func(r rune) bool { return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z') }) < 0 {
+			t.Fatalf("ValidVerb(%q) refused the verb %q", line, raw)
 		}
 	})
 }

@@ -29,11 +29,14 @@ const (
 	ReasonShutdown      Reason = "shutting_down"     // a connection while ftpgate stops
 	ReasonMaxSessions   Reason = "max_sessions"      // --max-sessions reached
 	ReasonMaxPerClient  Reason = "max_sessions_per_client"
-	ReasonIdle          Reason = "idle_timeout"     // no complete command within --idle-timeout
-	ReasonPendingCap    Reason = "pending_openings" // an unused opening revoked for a newer one
-	ReasonDenied        Reason = "denied_command"   // --deny-commands
-	ReasonNotAnonymous  Reason = "not_anonymous"    // --anonymous-only
-	ReasonWrongSide     Reason = "wrong_direction"  // a reply from the client or a command from the server
+	ReasonIdle          Reason = "idle_timeout"      // no complete command within --idle-timeout
+	ReasonPendingCap    Reason = "pending_openings"  // an unused opening revoked for a newer one
+	ReasonDenied        Reason = "denied_command"    // --deny-commands
+	ReasonNotAnonymous  Reason = "not_anonymous"     // --anonymous-only
+	ReasonWrongSide     Reason = "wrong_direction"   // a reply from the client or a command from the server
+	ReasonBadVerb       Reason = "bad_verb"          // a verb that is not 3-4 ASCII letters followed by a space or the line's end
+	ReasonPipeline      Reason = "pipeline_overflow" // more than maxPipelined commands awaiting replies
+	ReasonWriteFailed   Reason = "write_failed"      // a peer stopped reading: a write to it timed out or failed
 )
 
 // Reasons lists every Reason, for pre-initialising metric series.
@@ -43,6 +46,7 @@ var Reasons = []Reason{
 	ReasonUnsupported, ReasonEPSVAll, ReasonTLS, ReasonFirewall, ReasonUpstream, ReasonLoop,
 	ReasonNoPorts, ReasonServerPorts, ReasonCrossFamily, ReasonShutdown, ReasonMaxSessions,
 	ReasonMaxPerClient, ReasonIdle, ReasonPendingCap, ReasonDenied, ReasonNotAnonymous, ReasonWrongSide,
+	ReasonBadVerb, ReasonPipeline, ReasonWriteFailed,
 }
 
 // Observer receives the session events that metrics count. The metrics

@@ -116,3 +116,58 @@ func (c *rawIOConn) Write(p []byte) (int, error) {
 func (c *rawIOConn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
+
+// setOOBInline makes c keep TCP urgent data in the stream. Clients send
+// ABOR's Telnet Synch, or the whole "ABOR\r\n" (Python's ftplib), as urgent
+// data; without it the kernel takes the urgent byte out of the stream and
+// the line arrives garbled. (Linux refuses it on a listening socket, so it is
+// set per connection, with a raw system call: see rawIOConn.)
+func setOOBInline(c net.Conn) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil // not a socket (a test's pipe)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	on := int32(1)
+	var errno syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		_, _, errno = unix.RawSyscall6(unix.SYS_SETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_OOBINLINE,
+			uintptr(unsafe.Pointer(&on)), unsafe.Sizeof(on), 0)
+	}); err != nil {
+		return err
+	}
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// sendUrgent sends b with MSG_OOB: TCP marks its last byte as urgent. A
+// connection without a socket (a test's pipe) gets b as ordinary data.
+func sendUrgent(c net.Conn, b []byte) error {
+	var rc syscall.RawConn
+	switch c := c.(type) {
+	case *rawIOConn:
+		rc = c.rc
+	case syscall.Conn:
+		var err error
+		if rc, err = c.SyscallConn(); err != nil {
+			return err
+		}
+	default:
+		_, err := c.Write(b)
+		return err
+	}
+	var serr error
+	err := rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), b, unix.MSG_OOB, nil)
+		return serr != unix.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}

@@ -288,10 +288,15 @@ func (s *Server) Snapshot() []SessionInfo {
 func (s *Server) Close() {
 	s.mu.Lock()
 	s.closed = true
+	list := make([]*session, 0, len(s.sessions))
 	for sess := range s.sessions {
-		sess.abort()
+		list = append(list, sess)
 	}
 	s.mu.Unlock()
+	// Outside s.mu: accept and ending sessions need it meanwhile.
+	for _, sess := range list {
+		sess.abort()
+	}
 	s.wg.Wait()
 }
 

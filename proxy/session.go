@@ -12,11 +12,18 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// writeTimeout bounds one write to a peer that does not read.
-const writeTimeout = 30 * time.Second
+// writeTimeout bounds one write to a peer that does not read (a variable
+// for tests).
+var writeTimeout = 30 * time.Second
+
+// maxPipelined caps the commands awaiting their replies, forwarded or
+// answered by ftpgate: real clients pipeline a few; without a cap a client
+// could queue replies faster than a stalled server lets them go.
+const maxPipelined = 128
 
 // pendingCmd is a command waiting for its reply. A command ftpgate answered
 // itself carries that reply in local: it is written when it reaches the head
@@ -41,6 +48,8 @@ type session struct {
 	start  time.Time
 	ctx    context.Context
 	cancel context.CancelFunc
+	// stopping is set first thing by abort: write errors are then expected.
+	stopping atomic.Bool
 
 	clientAddr netip.Addr
 	serverAddr netip.Addr
@@ -61,7 +70,7 @@ type session struct {
 	epsvAll       bool
 	user          string
 	commands      int
-	pinholes      []Pinhole // unused-or-used openings, oldest first
+	pinholes      []Pinhole // openings of this session, oldest first (ended ones are dropped lazily)
 	aborted       bool
 	quit          bool   // the client said QUIT: the server closing is expected
 	endReason     string // why the session ended, when not a plain QUIT
@@ -73,6 +82,7 @@ type session struct {
 
 func newSession(srv *Server, cfg *Config, id uint64, c net.Conn, self netip.AddrPort) *session {
 	ctx, cancel := context.WithCancel(context.Background())
+	oobErr := setOOBInline(c)
 	c = withRawIO(c)
 	s := &session{
 		id: id, srv: srv, cfg: cfg, client: c, self: self, start: time.Now(),
@@ -83,17 +93,23 @@ func newSession(srv *Server, cfg *Config, id uint64, c net.Conn, self netip.Addr
 	}
 	s.clientRead.set, s.clientWrite.set = c.SetReadDeadline, c.SetWriteDeadline
 	s.log = cfg.Logger.With("session", id, "client", s.clientAddr.String())
+	if oobErr != nil {
+		s.log.Warn("cannot keep urgent data in the control stream: the client's ABOR may arrive garbled", "err", oobErr)
+	}
 	return s
 }
 
-// abort ends the session from outside (shutdown).
+// abort ends the session from outside (shutdown). The client goes first,
+// before taking mu: a reply goroutine blocked writing to a client that does
+// not read holds mu until the write fails.
 func (s *session) abort() {
+	s.stopping.Store(true)
+	s.cancel()
+	s.client.Close()
 	s.mu.Lock()
 	s.aborted = true
 	up := s.upstream
 	s.mu.Unlock()
-	s.cancel()
-	s.client.Close()
 	if up != nil {
 		up.Close()
 	}
@@ -150,8 +166,8 @@ func (s *session) run() {
 	up = withRawIO(up)
 	s.upstream = up
 	s.upstreamWrite.set = up.SetWriteDeadline
-	s.mu.Unlock()
 	s.serverAddr = addrPortOf(up.RemoteAddr()).Addr()
+	s.mu.Unlock()
 	s.insideAddr = addrPortOf(up.LocalAddr()).Addr()
 	s.log = s.log.With("server", s.serverAddr.String())
 	if s.cfg.Mode == Reverse {
@@ -164,6 +180,9 @@ func (s *session) run() {
 	go func() {
 		defer close(done)
 		s.relayReplies()
+		// The server is gone: nothing the command side waits for (an AUTH
+		// reply, a firewall opening) will come.
+		s.cancel()
 		s.mu.Lock()
 		if !s.quit && !s.aborted && !s.tlsAccepted && s.endReason == "" {
 			s.endReason = "server_closed"
@@ -215,10 +234,33 @@ func (s *session) reply(text string) {
 }
 
 func (s *session) writeClientLocked(line string) {
-	// Errors surface as a read error on the client side and end the session;
-	// the deadline keeps a client that stops reading from pinning the session.
+	// The deadline keeps a client that stops reading from pinning the session.
 	s.clientWrite.extend(writeTimeout)
-	s.client.Write(wireLine(line))
+	if _, err := s.client.Write(wireLine(line)); err != nil {
+		s.writeFailedLocked("client", err)
+	}
+}
+
+// writeFailedLocked ends the session after a write to peer failed: the line
+// may have gone out in part, and the next one must not be glued to it. A
+// peer that stopped reading (the write timed out) is counted and logged; one
+// that is gone ends the session quietly, as its read side would. mu is held.
+func (s *session) writeFailedLocked(peer string, err error) {
+	if s.endReason == "" && !s.quit && !s.aborted && !s.stopping.Load() {
+		s.endReason = peer + "_write_failed"
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			s.refused(ReasonWriteFailed, "the "+peer+" stopped reading", "timeout", writeTimeout)
+		} else {
+			s.log.Debug("write failed", "peer", peer, "err", err)
+		}
+		if peer == "server" {
+			s.writeClientLocked("421 ftpgate: cannot send to the FTP server, closing the control connection")
+		}
+	}
+	s.client.Close()
+	if s.upstream != nil {
+		s.upstream.Close()
+	}
 }
 
 // forward sends a command upstream and remembers that it awaits a reply.
@@ -232,7 +274,24 @@ func (s *session) forward(verb, line string) {
 	s.pending = append(s.pending, p)
 	s.mu.Unlock()
 	s.upstreamWrite.extend(writeTimeout)
-	s.upstream.Write(wireLine(line))
+	out := wireLine(line)
+	if verb == "ABOR" {
+		// RFC 959 4.1.3: Telnet IP and Synch (IAC as urgent data, then DM)
+		// before ABOR, so that a server busy with a transfer reads it now
+		// (vsftpd acts on SIGURG); the client's own Synch ended at ftpgate.
+		if err := sendUrgent(s.upstream, []byte{telnetIAC, telnetIP, telnetIAC}); err != nil {
+			s.mu.Lock()
+			s.writeFailedLocked("server", err)
+			s.mu.Unlock()
+			return
+		}
+		out = append([]byte{telnetDM}, out...)
+	}
+	if _, err := s.upstream.Write(out); err != nil {
+		s.mu.Lock()
+		s.writeFailedLocked("server", err)
+		s.mu.Unlock()
+	}
 }
 
 func (s *session) relayCommands() {
@@ -261,6 +320,14 @@ func (s *session) relayCommands() {
 		if err != nil {
 			return
 		}
+		if s.pipelined() >= maxPipelined {
+			s.refused(ReasonPipeline, "too many commands awaiting replies", "max", maxPipelined)
+			s.mu.Lock()
+			s.endReason = "pipeline_overflow"
+			s.writeClientLocked("421 ftpgate: too many commands awaiting replies, closing the control connection")
+			s.mu.Unlock()
+			return
+		}
 		verb, arg := ParseCommand(line)
 		s.cfg.Observer.Command(verb)
 		s.mu.Lock()
@@ -279,6 +346,11 @@ func (s *session) relayCommands() {
 		if _, _, isReply := ParseReplyLine(line); isReply {
 			s.refused(ReasonWrongSide, "a reply from the client", "line", truncate(line))
 			s.reply("500 ftpgate: replies are not commands")
+			continue
+		}
+		if !ValidVerb(line) {
+			s.refused(ReasonBadVerb, "malformed command verb", "line", truncate(line))
+			s.reply("500 ftpgate: a command is 3 or 4 letters, then a space or the end of the line")
 			continue
 		}
 		if s.cfg.deny[verb] {
@@ -342,10 +414,13 @@ func (s *session) relayCommands() {
 }
 
 // waiting reports whether a forwarded command still awaits its reply.
-func (s *session) waiting() bool {
+func (s *session) waiting() bool { return s.pipelined() > 0 }
+
+// pipelined counts the commands awaiting their replies.
+func (s *session) pipelined() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.pending) > 0
+	return len(s.pending)
 }
 
 func isAnonymous(user string) bool {
@@ -512,6 +587,11 @@ func (s *session) open(f Flow) bool {
 func (s *session) openPinhole(f Flow) bool {
 	t0 := time.Now()
 	p, err := s.srv.gate.Open(s.ctx, f, s.cfg.PinholeTTL)
+	if err != nil && s.ctx.Err() != nil {
+		// The session is ending (server gone, shutdown): not a firewall fault.
+		s.log.Debug("opening abandoned: the session is ending", "flow", f, "err", err)
+		return false
+	}
 	if err != nil {
 		s.refused(ReasonFirewall, "firewall could not open the data connection", "flow", f.String(), "err", err)
 		return false
@@ -525,10 +605,20 @@ func (s *session) openPinhole(f Flow) bool {
 		}()
 	}
 	s.mu.Lock()
-	s.pinholes = append(s.pinholes, p)
+	// Only unused openings count against the cap: forget the ended ones.
+	live := s.pinholes[:0]
+	for _, q := range s.pinholes {
+		select {
+		case <-q.Done():
+		default:
+			live = append(live, q)
+		}
+	}
+	clear(s.pinholes[len(live):])
+	s.pinholes = append(live, p)
 	var old Pinhole
 	if len(s.pinholes) > s.cfg.MaxPending {
-		s.cfg.Observer.Refused(ReasonPendingCap)
+		s.refused(ReasonPendingCap, "unused data connection opening revoked for a newer one", "max", s.cfg.MaxPending)
 		old = s.pinholes[0]
 		s.pinholes = append(s.pinholes[:0], s.pinholes[1:]...)
 	}

@@ -21,6 +21,14 @@ type fakeGate struct {
 	closed  int
 	fail    error
 	release chan struct{} // when set, Open waits for it
+	holes   []*fakePinhole
+}
+
+// useAll ends every opening as used by its connection; g.mu is held.
+func (g *fakeGate) useAll() {
+	for _, p := range g.holes {
+		p.once.Do(func() { close(p.done) })
+	}
 }
 
 type fakePinhole struct {
@@ -55,7 +63,9 @@ func (g *fakeGate) Open(ctx context.Context, f Flow, ttl time.Duration) (Pinhole
 		return nil, g.fail
 	}
 	g.flows = append(g.flows, f)
-	return &fakePinhole{g: g, done: make(chan struct{})}, nil
+	p := &fakePinhole{g: g, done: make(chan struct{})}
+	g.holes = append(g.holes, p)
+	return p, nil
 }
 
 func (g *fakeGate) Flows() []Flow {
