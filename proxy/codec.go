@@ -9,6 +9,9 @@ import (
 // MaxLine is the default cap on a control-channel line, in bytes, excluding CRLF.
 const MaxLine = 4096
 
+// tooLongHead is how much of an over-long line ReadLine returns.
+const tooLongHead = 4
+
 // ErrLineTooLong is returned by ReadLine for a line longer than the reader's cap.
 // It is not fatal: the rest of that line has been discarded and the next ReadLine
 // reads the following line.
@@ -83,7 +86,9 @@ func newLineReaderSize(r io.Reader, max, bufSize int) *LineReader {
 // allocated; it is the only per-line allocation.
 //
 // Errors: ErrLineTooLong for an over-long line (the reader is then positioned
-// at the next line); io.EOF at a clean end of stream; io.ErrUnexpectedEOF when
+// at the next line), returned with the line's first bytes (up to 4, fewer
+// only if the cap is that small): a reply's code and whether more lines
+// follow; io.EOF at a clean end of stream; io.ErrUnexpectedEOF when
 // the stream ends inside a line (the partial line is not returned). Both EOF
 // errors are sticky. Any other error from the underlying reader is returned as
 // is and the partial line is kept, so a read after a temporary error such as a
@@ -179,7 +184,8 @@ func (r *LineReader) flushCR() {
 	}
 }
 
-// put appends to the line; past the cap it only records tooLong.
+// put appends to the line; past the cap it records tooLong and keeps at
+// most the line's head.
 func (r *LineReader) put(p []byte) {
 	if r.tooLong {
 		return
@@ -187,6 +193,10 @@ func (r *LineReader) put(p []byte) {
 	room := r.max - len(r.line)
 	if len(p) > room {
 		r.tooLong = true
+		// Keep the head ReadLine returns with ErrLineTooLong.
+		if n := min(room, tooLongHead-len(r.line)); n > 0 {
+			r.line = append(r.line, p[:n]...)
+		}
 		return
 	}
 	if len(r.line)+len(p) > cap(r.line) {
@@ -209,8 +219,10 @@ func (r *LineReader) grow(need int) {
 
 func (r *LineReader) finishLine() (string, error) {
 	if r.tooLong {
+		// The start survives: enough for a reply's "ddd-" (see ReadLine).
+		head := string(r.line[:min(len(r.line), tooLongHead)])
 		r.resetLine()
-		return "", ErrLineTooLong
+		return head, ErrLineTooLong
 	}
 	s := string(r.line)
 	r.resetLine()

@@ -24,6 +24,9 @@ func readAllLines(t testing.TB, lr *LineReader) []lineResult {
 	var out []lineResult
 	for range 10000 {
 		line, err := lr.ReadLine()
+		if err == ErrLineTooLong {
+			line = "" // its head is checked by TestLineTooLongKeepsHead
+		}
 		out = append(out, lineResult{line, err})
 		if err != nil && err != ErrLineTooLong {
 			return out
@@ -471,6 +474,25 @@ func BenchmarkReadLine(b *testing.B) {
 	for b.Loop() {
 		if _, err := lr.ReadLine(); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+func TestLineTooLongKeepsHead(t *testing.T) {
+	long := strings.Repeat("x", 100)
+	for _, tc := range []struct {
+		in   string
+		max  int
+		head string
+	}{
+		{"227-" + long + "\r\n", 50, "227-"},
+		{"220 " + long + "\r\n", 50, "220 "},
+		{"PORT" + long + "\r\n", 50, "PORT"},
+		{"22" + long + "\r\n", 2, "22"},
+	} {
+		lr := NewLineReader(strings.NewReader(tc.in), tc.max)
+		if head, err := lr.ReadLine(); err != ErrLineTooLong || head != tc.head {
+			t.Errorf("ReadLine(%.10q…, max %d) = %q, %v; want %q, ErrLineTooLong", tc.in, tc.max, head, err, tc.head)
 		}
 	}
 }

@@ -654,9 +654,17 @@ func (s *session) relayReplies() {
 		line, err := r.ReadLine()
 		if errors.Is(err, ErrLineTooLong) {
 			s.refused(ReasonLineTooLong, "server reply line too long")
-			if multi == 0 {
-				s.finishReply(451, "451 ftpgate: server reply line too long")
+			if multi != 0 {
+				continue // text inside a multi-line reply: dropped
 			}
+			if code, more, ok := ParseReplyLine(line); ok && more {
+				// The first line of a multi-line reply: its end is still to
+				// come and must pair with the command.
+				multi = code
+				s.writeClient(fmt.Sprintf("%d-ftpgate: an over-long line was dropped", code))
+				continue
+			}
+			s.finishReply(451, "451 ftpgate: server reply line too long")
 			continue
 		}
 		if err != nil {

@@ -202,3 +202,22 @@ func TestSessionABORSynch(t *testing.T) {
 		})
 	}
 }
+
+// An over-long first line of a multi-line reply keeps the reply whole: its
+// end still pairs with the command, and the next command with its own reply.
+func TestSessionLongFirstLineOfMultilineReply(t *testing.T) {
+	h := newHarness(t, "", func(cmd string) string {
+		if cmd == "HELP" {
+			return "214-" + strings.Repeat("x", MaxLine+100) + "\r\n 227 (127,0,0,1,195,80)\r\n214 Help OK.\r\n"
+		}
+		return defaultRespond(cmd)
+	})
+	h.send("HELP", "NOOP")
+	h.expect("214-ftpgate: an over-long line was dropped")
+	h.expect(" 227 (127,0,0,1,195,80)")
+	h.expect("214 Help OK.")
+	h.expect("200 ")
+	if f := h.gate.Flows(); len(f) != 0 {
+		t.Fatalf("opened %v", f)
+	}
+}
