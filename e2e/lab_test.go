@@ -182,16 +182,34 @@ var (
 	liveLabs = map[string]*Lab{}
 )
 
-// requireLabEnv skips unless the lab can run here: root, ip, nft, vsftpd.
+// labTools are the commands the labs run, with the Debian package of each.
+var labTools = []struct{ bin, pkg string }{
+	{"ip", "iproute2"}, {"nft", "nftables"}, {"vsftpd", "vsftpd"}, {"sysctl", "procps"},
+	{"curl", "curl"}, {"lftp", "lftp"}, {"python3", "python3"}, {"conntrack", "conntrack"},
+}
+
+// requireLabEnv checks that the lab can run here: root and labTools. When it
+// cannot, the test fails where the suite is meant to run in full (as root,
+// or in CI: see mustRun) and skips elsewhere.
 func requireLabEnv(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("e2e lab needs root (network namespaces, nftables)")
+	stop := t.Skipf
+	if mustRun() {
+		stop = t.Fatalf
 	}
-	for _, bin := range []string{"ip", "nft", "vsftpd"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("e2e lab needs %s in PATH (make deps)", bin)
+	if os.Geteuid() != 0 {
+		stop("e2e lab needs root (network namespaces, nftables): run the tests as root, e.g. sudo env PATH=\"$PATH\" make test")
+	}
+	var missing, pkgs []string
+	for _, tool := range labTools {
+		if _, err := exec.LookPath(tool.bin); err != nil {
+			missing = append(missing, tool.bin)
+			pkgs = append(pkgs, tool.pkg)
 		}
+	}
+	if len(missing) > 0 {
+		stop("e2e lab needs %s in PATH: install with 'make deps' (as root) or apt-get install %s",
+			strings.Join(missing, ", "), strings.Join(pkgs, " "))
 	}
 }
 

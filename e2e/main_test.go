@@ -16,16 +16,45 @@ import (
 )
 
 // ftpgateBin is the ftpgate binary built once by TestMain, or "" when
-// cmd/ftpgate does not exist or does not compile (tests needing it skip).
-var ftpgateBin string
+// cmd/ftpgate does not exist or does not compile; ftpgateMissing then says why.
+var ftpgateBin, ftpgateMissing string
 
-// requireFtpgate skips the test when the binary is not available.
+// requireFtpgate returns the binary. Without one the test fails where the
+// suite is meant to run in full (root or CI, see mustRun) and skips elsewhere.
 func requireFtpgate(t testing.TB) string {
 	t.Helper()
 	if ftpgateBin == "" {
-		t.Skip("ftpgate binary not built (cmd/ftpgate missing or not compiling)")
+		if mustRun() {
+			t.Fatalf("no ftpgate binary: %s", ftpgateMissing)
+		}
+		t.Skipf("no ftpgate binary: %s", ftpgateMissing)
 	}
 	return ftpgateBin
+}
+
+// mustRun reports whether missing prerequisites (root, tools, the ftpgate
+// binary) fail the tests instead of skipping them: as root, where the whole
+// suite can run, and in CI (CI set and not "false" or "0"), where a skipped
+// suite would pass unnoticed.
+func mustRun() bool {
+	if os.Geteuid() == 0 {
+		return true
+	}
+	switch os.Getenv("CI") {
+	case "", "false", "0":
+		return false
+	}
+	return true
+}
+
+// goCommand is the go command that builds cmd/ftpgate: $GO when set (the
+// Makefile passes its GO), else "go" from PATH, which under `go test` is the
+// toolchain running the tests (go test puts its GOROOT/bin first in PATH).
+func goCommand() string {
+	if g := os.Getenv("GO"); g != "" {
+		return g
+	}
+	return "go"
 }
 
 func TestMain(m *testing.M) {
@@ -46,7 +75,10 @@ func runMain(m *testing.M) (code int) {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	ftpgateBin = buildFtpgate(tmp)
+	ftpgateBin, ftpgateMissing = buildFtpgate(tmp)
+	if ftpgateBin == "" && mustRun() {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: every test that runs ftpgate will fail: %s\n", ftpgateMissing)
+	}
 
 	// Tear labs down on SIGINT/SIGTERM, and shortly before -test.timeout
 	// would kill the binary (t.Cleanup does not run on that panic).
@@ -94,9 +126,9 @@ func runMain(m *testing.M) (code int) {
 	return code
 }
 
-// buildFtpgate builds ../cmd/ftpgate into dir and returns the binary path, or
-// "" (with a log line) when it does not exist or does not compile yet.
-func buildFtpgate(dir string) string {
+// buildFtpgate builds ../cmd/ftpgate into dir and returns the binary path,
+// or "" and why not (the compiler's output goes to stderr once, here).
+func buildFtpgate(dir string) (bin, why string) {
 	src := filepath.Join("..", "cmd", "ftpgate")
 	ents, err := os.ReadDir(src)
 	hasGo := false
@@ -106,18 +138,18 @@ func buildFtpgate(dir string) string {
 		}
 	}
 	if err != nil || !hasGo {
-		fmt.Fprintln(os.Stderr, "e2e: cmd/ftpgate has no Go files yet; ftpgate tests will skip")
-		return ""
+		return "", "cmd/ftpgate has no Go files"
 	}
-	bin := filepath.Join(dir, "ftpgate")
+	bin = filepath.Join(dir, "ftpgate")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./"+filepath.ToSlash(src)).CombinedOutput()
+	goCmd := goCommand()
+	out, err := exec.CommandContext(ctx, goCmd, "build", "-o", bin, "./"+filepath.ToSlash(src)).CombinedOutput()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: building cmd/ftpgate failed; ftpgate tests will skip: %v\n%s\n", err, out)
-		return ""
+		fmt.Fprintf(os.Stderr, "e2e: %s build ./cmd/ftpgate: %v\n%s\n", goCmd, err, out)
+		return "", fmt.Sprintf("building it failed (%s build ./cmd/ftpgate: %v; the compiler's output is at the start of the e2e output); fix the build, then rerun", goCmd, err)
 	}
-	return bin
+	return bin, ""
 }
 
 // emergencyTeardown removes all labs still alive (signal or imminent timeout).
