@@ -66,6 +66,29 @@ func (m Mode) Active() bool { return m == ModePORT || m == ModeEPRT }
 
 var errUnsupported = errors.New("combination not supported by this client")
 
+// errClientBound marks a client run ended by its overall bound (clientMaxTime,
+// or the caller's context) rather than by one of its network timeouts: the
+// client hung.
+var errClientBound = errors.New("client ended by its overall time bound")
+
+// IsHung reports whether err means the client was still running when its
+// overall bound ended it.
+func IsHung(err error) bool { return errors.Is(err, errClientBound) }
+
+// boundErr wraps err with errClientBound when ctx, the client's whole-run
+// context, has ended, or its deadline has passed (the Go client's reads are
+// capped by that deadline, so a read that ran into it returns at or after it).
+func boundErr(ctx context.Context, err error) error {
+	if err == nil || errors.Is(err, errUnsupported) {
+		return err
+	}
+	deadline, ok := ctx.Deadline()
+	if ctx.Err() != nil || (ok && !time.Now().Before(deadline)) {
+		return fmt.Errorf("%w: %w", errClientBound, err)
+	}
+	return err
+}
+
 // IsUnsupported reports whether err means the client cannot drive that mode/family.
 func IsUnsupported(err error) bool { return errors.Is(err, errUnsupported) }
 
@@ -333,7 +356,13 @@ func runCurl(ctx context.Context, ns *NS, server netip.Addr, mode Mode, stdin []
 				msg = append(msg, line)
 			}
 		}
-		return nil, fmt.Errorf("curl %s %s: %v: %s | verbose: %s", mode, server, err, strings.Join(msg, "; "), tail(stderr.Bytes(), 600))
+		err = fmt.Errorf("curl %s %s: %v: %s | verbose: %s", mode, server, err, strings.Join(msg, "; "), tail(stderr.Bytes(), 600))
+		// curl's --max-time (clientMaxTime) says "Operation timed out
+		// after"; its connect and accept timeouts say otherwise.
+		if strings.Contains(strings.Join(msg, "\n"), "Operation timed out after") {
+			return nil, fmt.Errorf("%w: %w", errClientBound, err)
+		}
+		return nil, boundErr(ctx, err)
 	}
 	if err := checkVerbs(mode, curlVerbs(stderr.Bytes())); err != nil {
 		return nil, fmt.Errorf("curl: %w", err)
@@ -397,6 +426,7 @@ func GoFTPGet(ctx context.Context, ns *NS, server netip.Addr, file string, mode 
 	}
 	ctx, cancel := context.WithTimeout(ctx, clientMaxTime)
 	defer cancel()
+	defer func() { err = boundErr(ctx, err) }()
 	deadline, _ := ctx.Deadline()
 	var (
 		connMu sync.Mutex
@@ -581,7 +611,7 @@ func runPython(ctx context.Context, ns *NS, server netip.Addr, mode Mode, stdin 
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
 	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("python %s %s: %v: %s", mode, server, err, tail(stderr.Bytes(), 600))
+		return nil, boundErr(ctx, fmt.Errorf("python %s %s: %v: %s", mode, server, err, tail(stderr.Bytes(), 600)))
 	}
 	return stdout.Bytes(), nil
 }
@@ -641,7 +671,7 @@ func LftpGet(ctx context.Context, ns *NS, server netip.Addr, file string, mode M
 		fmt.Fprintf(os.Stderr, "lftp debug %s %s:\n%s\n", mode, server, dbgText)
 	}
 	if runErr != nil {
-		return nil, fmt.Errorf("lftp %s %s: %v: %s | debug: %s", mode, server, runErr, tail(outb.Bytes(), 300), tail(dbgText, 600))
+		return nil, boundErr(ctx, fmt.Errorf("lftp %s %s: %v: %s | debug: %s", mode, server, runErr, tail(outb.Bytes(), 300), tail(dbgText, 600)))
 	}
 	if err := checkVerbs(mode, lftpVerbs(dbgText)); err != nil {
 		return nil, fmt.Errorf("lftp: %w", err)

@@ -184,7 +184,7 @@ var (
 
 // labTools are the commands the labs run, with the Debian package of each.
 var labTools = []struct{ bin, pkg string }{
-	{"ip", "iproute2"}, {"nft", "nftables"}, {"vsftpd", "vsftpd"}, {"sysctl", "procps"},
+	{"ip", "iproute2"}, {"ss", "iproute2"}, {"nft", "nftables"}, {"vsftpd", "vsftpd"}, {"sysctl", "procps"},
 	{"curl", "curl"}, {"lftp", "lftp"}, {"python3", "python3"}, {"conntrack", "conntrack"},
 }
 
