@@ -1,9 +1,18 @@
 # ftpgate — build, test, fuzz.
 # nft and e2e tests need root (network namespaces, nftables); as another user
 # they skip.
+#
+# Go: the go command in PATH, with /usr/local/go/bin (where the go.dev
+# release unpacks) put first when it exists; GO=/path/to/go picks another.
+# sudo resets PATH (Debian's secure_path), so through sudo keep yours:
+#   sudo env PATH="$PATH" make test
 
 SHELL        := /bin/bash
+ifneq ($(wildcard /usr/local/go/bin/go),)
+export PATH  := /usr/local/go/bin:$(PATH)
+endif
 GO           ?= go
+export GO
 FUZZTIME     ?= 30s
 TEST_TIMEOUT ?= 45m
 TESTFLAGS    ?=
@@ -20,19 +29,19 @@ deps:
 
 test: deps
 	@if [ "$$(id -u)" != 0 ]; then \
-		echo "make test: NOT ROOT: nftables and e2e (namespace) tests will be SKIPPED; run 'sudo make test' for the full suite"; \
+		echo 'make test: NOT ROOT: nftables and e2e (namespace) tests will be SKIPPED; for the full suite: sudo env PATH="$$PATH" make test'; \
 	fi
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) ./...
 
 fuzz:
-	FUZZTIME=$(FUZZTIME) GO=$(GO) ./scripts/fuzz.sh
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 demo: deps build
 	./scripts/demo.sh
 
 bench: deps
-	GO=$(GO) ./scripts/bench.sh
+	./scripts/bench.sh
 
 check-deploy: deps
 	./scripts/check-deploy.sh
