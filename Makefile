@@ -1,6 +1,8 @@
 # ftpgate — build, test, fuzz.
-# nft and e2e tests need root (network namespaces, nftables); as another user
-# they skip.
+#
+# As root, `make test` runs every test and installs missing Debian packages
+# first. As another user, missing packages are only listed (with the command
+# that installs them) and the nftables and e2e (namespace) tests skip.
 #
 # Go: the go command in PATH, with /usr/local/go/bin (where the go.dev
 # release unpacks) put first when it exists; GO=/path/to/go picks another.
@@ -17,17 +19,22 @@ FUZZTIME     ?= 30s
 TEST_TIMEOUT ?= 45m
 TESTFLAGS    ?=
 
-.PHONY: all build deps test fuzz demo bench clean lint check-deploy
+.PHONY: all build deps deps-test deps-demo deps-deploy test fuzz demo bench clean lint check-deploy
 
 all: build
 
 build:
 	$(GO) build -o bin/ftpgate ./cmd/ftpgate
 
+# deps: everything any target needs; the others install only their own
+# (make demo does not need check-deploy's prometheus or systemd).
 deps:
-	./scripts/install-deps.sh
+	./scripts/install-deps.sh all
 
-test: deps
+deps-test deps-demo deps-deploy:
+	./scripts/install-deps.sh $(@:deps-%=%)
+
+test: deps-test
 	@if [ "$$(id -u)" != 0 ]; then \
 		echo 'make test: NOT ROOT: nftables and e2e (namespace) tests will be SKIPPED; for the full suite: sudo env PATH="$$PATH" make test'; \
 	fi
@@ -37,13 +44,13 @@ test: deps
 fuzz:
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
-demo: deps build
+demo: deps-demo build
 	./scripts/demo.sh
 
-bench: deps
+bench: deps-test
 	./scripts/bench.sh
 
-check-deploy: deps
+check-deploy: deps-deploy
 	./scripts/check-deploy.sh
 
 lint:
