@@ -116,7 +116,20 @@ xferlog_enable=YES
 vsftpd_log_file=$WORK/vsftpd.log
 CONF
 ip netns exec $S vsftpd "$WORK/vsftpd.conf" >"$WORK/vsftpd.out" 2>&1 & VSFTPD_PID=$!
-for _ in $(seq 50); do ip netns exec $S bash -c "exec 3<>/dev/tcp/127.0.0.1/21" 2>/dev/null && break; sleep 0.1; done
+# Ready when it greets (220) on port 21.
+greets() { ip netns exec $S bash -c 'exec 3<>/dev/tcp/127.0.0.1/21 && read -r -t 2 line <&3 && [[ $line == 220* ]]' 2>/dev/null; }
+for _ in $(seq 50); do
+	kill -0 "$VSFTPD_PID" 2>/dev/null || break
+	greets && break
+	sleep 0.1
+done
+if ! greets; then
+	if kill -0 "$VSFTPD_PID" 2>/dev/null; then state="does not greet (220) on port 21 after 5 s"; else state="exited"; fi
+	echo "demo: vsftpd in namespace $S $state; its output:" >&2
+	cat "$WORK/vsftpd.out" "$WORK/vsftpd.log" 2>/dev/null | tail -20 | sed 's/^/    /' >&2
+	echo "  its config and log are kept (path below); is port 21 free in a fresh namespace, vsftpd -v working?" >&2
+	exit 1
+fi
 echo "  vsftpd serves pub/demo.bin (4 MiB, sha256 ${WANT:0:16}…)"
 
 # fetch STEP FAMILY MODE: curl -v in the client namespace. Sets FETCH_RC
@@ -139,13 +152,34 @@ fetch() {
 # curl_error: curl's own error line of the last fetch.
 curl_error() { grep '^curl: (' "$FETCH_LOG" | tail -1 || echo "curl exit status $FETCH_RC"; }
 
+# data_dropped MODE: whether the last fetch failed at the data connection
+# only: the control dialogue negotiated it (227/229 received, or PORT/EPRT
+# accepted and RETR sent) and curl then timed out (exit 28) waiting for it.
+data_dropped() {
+	[ "$FETCH_RC" = 28 ] || return 1
+	case $1 in
+		PASV) grep -q '^< 227 ' "$FETCH_LOG" ;;
+		EPSV) grep -q '^< 229 ' "$FETCH_LOG" ;;
+		PORT | EPRT) grep -q "^< 200 $1" "$FETCH_LOG" && grep -q '^> RETR ' "$FETCH_LOG" ;;
+	esac
+}
+
 MODES4="PASV EPSV PORT EPRT"
 MODES6="EPSV EPRT"  # PASV and PORT carry IPv4 addresses only
 
 bold "1. without ftpgate: the firewall drops every data connection"
 for m in PASV PORT; do
 	fetch without 4 $m
-	if [ "$FETCH_SUM" = "$WANT" ]; then bad "IPv4 $m went through: the firewall is not closed"; else ok "IPv4 $m blocked (control channel fine, data connection dropped)"; fi
+	if [ "$FETCH_SUM" = "$WANT" ]; then
+		bad "IPv4 $m went through: the firewall is not closed"
+	elif data_dropped $m; then
+		case $m in
+			PASV) ok "IPv4 $m blocked: control channel fine (227 received), the client's data connection dropped (curl timed out)" ;;
+			PORT) ok "IPv4 $m blocked: control channel fine (PORT accepted, RETR sent), the server's data connection dropped (curl timed out)" ;;
+		esac
+	else
+		bad "IPv4 $m failed, but not (only) at the data connection: $(curl_error); see ${FETCH_LOG##*/}"
+	fi
 done
 
 bold "2. with ftpgate on the gateway"
