@@ -18,7 +18,7 @@ if [ "$(id -u)" = 0 ]; then
 	FTPGATE_BENCH=1 FTPGATE_BENCH_GO="$GO" "$GO" test -count=1 -v -timeout "${BENCH_TIMEOUT:-30m}" \
 		-run '^TestBenchCompare$' ./e2e
 else
-	echo "bench: NOT ROOT: the namespace comparison (ftpgate vs the kernel helper) needs root and is SKIPPED; run 'sudo make bench'" >&2
+	echo "bench: NOT ROOT: the namespace comparison (ftpgate vs the kernel helper) needs root and is SKIPPED; run: sudo env PATH=\"\$PATH\" make bench" >&2
 fi
 
 if [ "${BENCH_MICRO:-1}" != 0 ]; then
