@@ -587,6 +587,12 @@ func PythonGet(ctx context.Context, ns *NS, server netip.Addr, file string, mode
 	return runPython(ctx, ns, server, mode, nil, "--get", file)
 }
 
+// PythonGetAbort is PythonGet followed by ftplib's abort() (ABOR sent as
+// urgent data) and a NOOP that must still get its own reply.
+func PythonGetAbort(ctx context.Context, ns *NS, server netip.Addr, file string, mode Mode) ([]byte, error) {
+	return runPython(ctx, ns, server, mode, nil, "--get", file, "--abort")
+}
+
 // PythonPut uploads data to upload/<name> with python3's ftplib.
 func PythonPut(ctx context.Context, ns *NS, server netip.Addr, name string, data []byte, mode Mode) error {
 	_, err := runPython(ctx, ns, server, mode, data, "--put", UploadSub+"/"+name)

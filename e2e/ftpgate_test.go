@@ -317,6 +317,32 @@ func TestTransparentRefusesBounce(t *testing.T) {
 	c6.cmd("NOOP", "200")
 }
 
+// ftplib's abort() sends "ABOR\r\n" as TCP urgent data; without urgent data
+// kept inline the kernel took the LF out of ftpgate's stream and the ABOR
+// never ended. vsftpd must answer it (225: no transfer) and the session go on.
+func TestTransparentFtplibAbort(t *testing.T) {
+	requireLabEnv(t)
+	requireFtpgate(t)
+	t.Parallel()
+	l, srv, g := newGatewayLab(t)
+	for _, m := range []Mode{ModePASV, ModeEPRT} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		data, err := PythonGetAbort(ctx, l.Client, l.ServerIP4, RandomFile, m)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v\nftpgate log:\n%s\n%s", m, err, tailString(g.LogText(), 3000), srv.Diag())
+		}
+		if !bytes.Equal(data, srv.Files[RandomFile]) {
+			t.Fatalf("%s: got %d bytes, want %d", m, len(data), len(srv.Files[RandomFile]))
+		}
+	}
+	for _, reason := range []string{"bad_verb", "control_chars", "write_failed"} {
+		if v := g.Metric(t, fmt.Sprintf(`ftpgate_refusals_total{reason="%s"}`, reason)); v != 0 {
+			t.Errorf("refusals{%s} = %v for ABOR", reason, v)
+		}
+	}
+}
+
 // An opening admits one connection and is then gone; an unused one expires
 // and the port is closed again.
 func TestTransparentPinholeLifecycle(t *testing.T) {

@@ -140,7 +140,8 @@ func (s *session) run() {
 		} else if s.aborted {
 			result = "shutdown"
 		}
-		args := []any{"server", s.serverAddr.String(), "user", s.user, "commands", s.commands,
+		// The server is in s.log once connected.
+		args := []any{"user", s.user, "commands", s.commands,
 			"duration", d.Round(time.Millisecond), "result", result, "transfers", s.transfers}
 		if s.moreTransfers > 0 {
 			args = append(args, "transfers_not_listed", s.moreTransfers)

@@ -4,6 +4,10 @@
   ftpget.py --host ADDR --mode pasv|epsv|port|eprt [--timeout S] --get PATH   > content
   ftpget.py --host ADDR --mode ...                               --put PATH   < content
 
+--abort: after the transfer, send ABOR the way ftplib does (the whole line as
+TCP urgent data), want "225"/"226", then NOOP: the session must still pair
+replies with commands.
+
 ftplib alone uses PASV/PORT on IPv4 and EPSV/EPRT on IPv6 only. This script
 forces the requested command in both families (EPSV/EPRT over IPv4 are done
 explicitly) and afterwards verifies from its own transcript that exactly that
@@ -69,6 +73,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=5.0)
     ap.add_argument("--user", default="anonymous")
     ap.add_argument("--password", default="e2e@")
+    ap.add_argument("--abort", action="store_true")
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--get")
     g.add_argument("--put")
@@ -92,6 +97,11 @@ def main():
             data = sys.stdin.buffer.read()
             import io
             ftp.storbinary("STOR " + a.put, io.BytesIO(data))
+        if a.abort:
+            ftp.sent.append("ABOR")
+            resp = ftp.abort()  # sendall(b"ABOR\r\n", MSG_OOB); raises unless 225/226/426
+            print("ftpget.py: ABOR -> %s" % resp, file=sys.stderr)
+            ftp.voidcmd("NOOP")
         try:
             ftp.quit()
         except Exception:
