@@ -163,10 +163,10 @@ func checkKernel(c *nftables.Conn, cfg Config) []Finding {
 	// The raw chains and their rules, in one batch.
 	c.AddChain(o.rawPre)
 	c.AddChain(o.rawOut)
-	c.AddRule(&nftables.Rule{Table: o.table, Chain: o.rawPre, Exprs: zoneRuleExprs(cfg, &fam4, o.ports, offSport)})
-	out = append(out, probeIn(o.rawOut, "conntrack zones for upstream connections (ct zone set in raw prerouting/output chains)",
-		"load nft_ct and use a kernel with CONFIG_NF_CONNTRACK_ZONES; without zones transparent upstream connections can collide with intercepted ones",
-		zoneRuleExprs(cfg, &fam6, o.ports, offDport)))
+	c.AddRule(&nftables.Rule{Table: o.table, Chain: o.rawPre, Exprs: zoneRuleExprs(cfg, &fam4, o.ports, o.rawPre.Hooknum)})
+	out = append(out, probeIn(o.rawOut, "conntrack zones for intercepted connections (ct zone set in raw prerouting/output chains)",
+		"load nft_ct and nft_fib_inet and use a kernel with CONFIG_NF_CONNTRACK_ZONES; without zones transparent upstream connections can collide with intercepted ones",
+		zoneRuleExprs(cfg, &fam6, o.ports, o.rawOut.Hooknum)))
 
 	// Elements with a timeout, and destroying an element (used to refresh).
 	set := o.pins[&fam4]
@@ -537,10 +537,10 @@ func jumpsToAccept(r *nftables.Rule, t *nftables.Table, byName func(*nftables.Ta
 
 // checkHostZones reports chains of other tables that set conntrack zones
 // (nft "ct zone set", iptables "-j CT --zone"): the first zone set on a
-// packet wins, so such a rule can move ftpgate's upstream connections, or the
-// replies to them, out of Config.UpstreamZone — or ftpgate's rule can
-// preempt the host's. Informational: whether they meet depends on what the
-// rules match.
+// packet wins, so such a rule can move the connections ftpgate intercepts,
+// or its answers on them, out of Config.InterceptZone — or ftpgate's rule
+// can preempt the host's. Informational: whether they meet depends on what
+// the rules match.
 func checkHostZones(c *nftables.Conn, cfg Config) []Finding {
 	chains, err := c.ListChains()
 	if err != nil {
@@ -558,8 +558,8 @@ func checkHostZones(c *nftables.Conn, cfg Config) []Finding {
 		}
 		if slices.ContainsFunc(rules, setsZone) {
 			out = append(out, Finding{OK: true, What: fmt.Sprintf(
-				"table %s %s chain %s sets conntrack zones: make sure it sets none on TCP to or from ports %s — ftpgate puts this host's connections to them, and the replies, in zone %d at priority raw (-300), and the first zone set on a packet wins",
-				fam, ch.Table.Name, ch.Name, portList(cfg.InterceptPorts), cfg.UpstreamZone)})
+				"table %s %s chain %s sets conntrack zones: make sure it sets none on TCP to or from ports %s of addresses not on this host — ftpgate puts the control connections it intercepts, both ways, in zone %d at priority raw (-300), and the first zone set on a packet wins",
+				fam, ch.Table.Name, ch.Name, portList(cfg.InterceptPorts), cfg.InterceptZone)})
 		}
 	}
 	return out

@@ -119,7 +119,7 @@ table ip legacy {
 	}
 }`)
 	if !hasFinding(findings(t, ns, Config{Intercept: true}), true,
-		"table ip zones chain pre sets conntrack zones: make sure it sets none on TCP to or from ports 21 — ftpgate puts this host's connections to them, and the replies, in zone 18004") {
+		"table ip zones chain pre sets conntrack zones: make sure it sets none on TCP to or from ports 21 of addresses not on this host — ftpgate puts the control connections it intercepts, both ways, in zone 18004") {
 		t.Errorf("missing the finding about the host's zone rule")
 	}
 	if hasFinding(findings(t, ns, Config{}), true, "conntrack zones:") {

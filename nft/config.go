@@ -25,9 +25,10 @@ const (
 	DefaultCTMask     = 0x100
 	DefaultFWMark     = 1
 	DefaultRouteTable = 100
-	// DefaultUpstreamZone is the conntrack zone of ftpgate's upstream
-	// connections in transparent mode: 0x4654, "FT" (nft lists it as 18004).
-	DefaultUpstreamZone = 0x4654
+	// DefaultInterceptZone is the conntrack zone of the control connections
+	// ftpgate intercepts in transparent mode: 0x4654, "FT" (nft lists it as
+	// 18004).
+	DefaultInterceptZone = 0x4654
 )
 
 var (
@@ -72,25 +73,27 @@ type Config struct {
 	FWMark uint32
 	// RouteTable holds the "local default dev lo" routes (default 100).
 	RouteTable int
-	// UpstreamZone is, in transparent mode, the conntrack zone of the TCP
-	// connections this host opens to the intercept ports — ftpgate's
-	// transparent upstream connections (and any other local client of those
-	// ports) — default DefaultUpstreamZone; it cannot be zone 0.
+	// InterceptZone is, in transparent mode, the conntrack zone of the
+	// control connections ftpgate intercepts — both halves: the clients'
+	// packets the tproxy rule diverts and ftpgate's answers on them —
+	// default DefaultInterceptZone; it cannot be zone 0. Everything else,
+	// ftpgate's upstream connections included, stays in zone 0.
 	//
 	// An upstream connection uses the client's address, and the kernel picks
-	// its source port checking only the socket table: without a zone of its
-	// own, its conntrack tuple (client:port -> server:21) can equal that of
+	// its source port checking only the socket table: without a zone apart,
+	// its conntrack tuple (client:port -> server:21) can equal that of
 	// another intercepted connection of the same client, and the two
-	// connections then share one conntrack entry and hang. The raw chains put
-	// packets this host sends to an intercept port (output, tcp dport) and
-	// packets arriving from one (prerouting, tcp sport: in transparent mode
-	// these are only replies to this host's connections, as every forwarded
-	// connection to an intercept port is diverted) into this zone; the
-	// intercepted connections stay in zone 0. The output rule matches the
-	// port, not a socket mark of ftpgate's upstreams: the replies can only be
-	// told by their port, so every local connection to an intercept port
-	// (an FTP client on the gateway itself) must be in the zone too.
-	UpstreamZone uint16
+	// connections then share one conntrack entry and hang. The intercepted
+	// side is the one that can be told before conntrack runs, by the same
+	// match as the tproxy rule (an intercept port of a foreign address).
+	// The upstream side cannot: its replies come from port 21 like the
+	// replies to any connection the gateway forwards to an FTP server (a
+	// port forward of the gateway's own address, which tproxy leaves alone),
+	// and when the host masquerades the upstream they are not even addressed
+	// to a socket of ftpgate's until conntrack has undone the NAT. Zoning
+	// the upstreams by port broke such port forwards: the server's replies
+	// went to the zone, found no conntrack entry there and were invalid.
+	InterceptZone uint16
 	// OnPinholeEnd, if not nil, is called exactly once per pinhole when it
 	// ends: used is true when a connection consumed it, false when it expired,
 	// was closed, was replaced by an identical Open, or the Firewall closed.
@@ -133,8 +136,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.RouteTable == 0 {
 		cfg.RouteTable = DefaultRouteTable
 	}
-	if cfg.UpstreamZone == 0 {
-		cfg.UpstreamZone = DefaultUpstreamZone
+	if cfg.InterceptZone == 0 {
+		cfg.InterceptZone = DefaultInterceptZone
 	}
 
 	var errs []error
@@ -195,13 +198,4 @@ func (cfg Config) interceptedFamilies() []*family {
 		}
 	}
 	return out
-}
-
-// zoneOf returns the conntrack zone of a TCP connection this host opened
-// to dst, as the raw_output rules assign it.
-func (cfg Config) zoneOf(dst netip.AddrPort) uint16 {
-	if cfg.intercepts(familyOf(dst.Addr().Unmap())) && slices.Contains(cfg.InterceptPorts, dst.Port()) {
-		return cfg.UpstreamZone
-	}
-	return 0
 }

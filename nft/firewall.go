@@ -141,7 +141,7 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 	args := []any{"table", "inet " + cfg.Table, "intercept", cfg.Intercept,
 		"ct_mark", fmt.Sprintf("%#x/%#x", cfg.CTMark, cfg.CTMask)}
 	if cfg.Intercept {
-		args = append(args, "upstream_zone", cfg.UpstreamZone)
+		args = append(args, "intercept_zone", cfg.InterceptZone)
 	}
 	log.Info("nft: installed", args...)
 	return fw, nil

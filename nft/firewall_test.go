@@ -112,7 +112,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Table != "ftpgate" || cfg.CTMark != 0x100 || cfg.CTMask != 0x100 || cfg.FWMark != 1 ||
-		cfg.RouteTable != 100 || cfg.TProxy4 != DefaultTProxy4 || cfg.TProxy6 != DefaultTProxy6 || cfg.UpstreamZone != 0x4654 ||
+		cfg.RouteTable != 100 || cfg.TProxy4 != DefaultTProxy4 || cfg.TProxy6 != DefaultTProxy6 || cfg.InterceptZone != 0x4654 ||
 		len(cfg.InterceptPorts) != 1 || cfg.InterceptPorts[0] != 21 {
 		t.Fatalf("defaults: %+v", cfg)
 	}
@@ -197,11 +197,11 @@ func TestNewInstallsAndCloseRemoves(t *testing.T) {
 		"meta l4proto tcp ct status dnat snat ip to ip saddr . ct original ip daddr . ct original proto-dst map @snat4",
 		"meta l4proto tcp ct status dnat snat ip6 to ip6 saddr . ct original ip6 daddr . ct original proto-dst map @snat6",
 		"chain raw_prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n" +
-			"\t\tmeta nfproto ipv4 tcp sport @intercept_ports ct zone set 18004\n" +
-			"\t\tmeta nfproto ipv6 tcp sport @intercept_ports ct zone set 18004\n\t}",
+			"\t\tmeta nfproto ipv4 tcp dport @intercept_ports fib daddr type != local ct zone set 18004\n" +
+			"\t\tmeta nfproto ipv6 tcp dport @intercept_ports fib daddr type != local ct zone set 18004\n\t}",
 		"chain raw_output {\n\t\ttype filter hook output priority raw; policy accept;\n" +
-			"\t\tmeta nfproto ipv4 tcp dport @intercept_ports ct zone set 18004\n" +
-			"\t\tmeta nfproto ipv6 tcp dport @intercept_ports ct zone set 18004\n\t}",
+			"\t\tmeta nfproto ipv4 tcp sport @intercept_ports fib saddr type != local ct zone set 18004\n" +
+			"\t\tmeta nfproto ipv6 tcp sport @intercept_ports fib saddr type != local ct zone set 18004\n\t}",
 	} {
 		if !strings.Contains(rs, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, rs)

@@ -196,17 +196,36 @@ const (
 	offDport = 2
 )
 
-// zoneRuleExprs: meta nfproto X meta l4proto tcp tcp sport|dport
-// @intercept_ports ct zone set UpstreamZone. In raw_output (dport) it
-// catches the connections this host opens to an intercept port, in
-// raw_prerouting (sport) the replies to them; see Config.UpstreamZone.
-func zoneRuleExprs(cfg Config, fa *family, ports *nftables.Set, portOff uint32) []expr.Any {
+// zoneRuleExprs puts the control connections ftpgate intercepts in
+// Config.InterceptZone, before conntrack looks them up (priority raw):
+//
+//	raw_prerouting: meta nfproto X meta l4proto tcp
+//	    tcp dport @intercept_ports fib daddr type != local ct zone set Z
+//	raw_output:     meta nfproto X meta l4proto tcp
+//	    tcp sport @intercept_ports fib saddr type != local ct zone set Z
+//
+// The prerouting rule matches exactly the packets the tproxy rule diverts
+// (clients' packets to an intercept port of a foreign address); the output
+// rule ftpgate's answers on them, which leave from that foreign address and
+// port — an upstream also sends from a foreign address, but from a port the
+// kernel picks in the ephemeral range.
+// The fib test keeps a connection to the gateway's own address out of the
+// zone, also when the host's DNAT forwards it to a server elsewhere (a port
+// forward): that connection and its replies stay in zone 0. See
+// Config.InterceptZone for why there is a zone at all.
+func zoneRuleExprs(cfg Config, fa *family, ports *nftables.Set, hook *nftables.ChainHook) []expr.Any {
+	portOff, fib := uint32(offDport), &expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true}
+	if hook == nftables.ChainHookOutput {
+		portOff, fib = offSport, &expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true}
+	}
 	e := matchFamilyTCP(fa)
 	return append(e,
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: portOff, Len: 2},
 		&expr.Lookup{SourceRegister: 1, SetName: ports.Name, SetID: ports.ID},
+		fib,
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: nativeU32(unix.RTN_LOCAL)},
 		// The zone is a 16-bit register value in host byte order.
-		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint16(cfg.UpstreamZone)},
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint16(cfg.InterceptZone)},
 		&expr.Ct{Key: expr.CtKeyZONE, Register: 1, SourceRegister: true},
 	)
 }
@@ -297,8 +316,8 @@ func snatRuleExprs(fa *family, snat *nftables.Set) []expr.Any {
 // objects is everything New installs in the table, built for one batch.
 type objects struct {
 	table   *nftables.Table
-	rawPre  *nftables.Chain // raw prerouting: conntrack zone of replies to upstreams
-	rawOut  *nftables.Chain // raw output: conntrack zone of upstreams
+	rawPre  *nftables.Chain // raw prerouting: conntrack zone of intercepted connections
+	rawOut  *nftables.Chain // raw output: conntrack zone of ftpgate's answers on them
 	chain   *nftables.Chain // filter prerouting: interception, plain pinholes
 	natPre  *nftables.Chain // nat prerouting: NAT pinholes (DNAT)
 	natPost *nftables.Chain // nat postrouting: their SNAT
@@ -421,11 +440,11 @@ func (o *objects) ruleExprs(cfg Config, ch *nftables.Chain) [][]expr.Any {
 	switch ch {
 	case o.rawPre:
 		for _, fa := range cfg.interceptedFamilies() {
-			rules = append(rules, zoneRuleExprs(cfg, fa, o.ports, offSport))
+			rules = append(rules, zoneRuleExprs(cfg, fa, o.ports, ch.Hooknum))
 		}
 	case o.rawOut:
 		for _, fa := range cfg.interceptedFamilies() {
-			rules = append(rules, zoneRuleExprs(cfg, fa, o.ports, offDport))
+			rules = append(rules, zoneRuleExprs(cfg, fa, o.ports, ch.Hooknum))
 		}
 	case o.chain:
 		if cfg.Intercept {

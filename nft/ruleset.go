@@ -71,18 +71,18 @@ func Ruleset(cfg Config) string {
 		w("")
 		w("\tchain %s {", chainRawPre)
 		w("\t\ttype filter hook prerouting priority raw; policy accept;")
-		w("\t\t# replies to this host's connections to the FTP ports (ftpgate's transparent upstreams)")
+		w("\t\t# the control connections diverted below: a conntrack zone apart from this host's own")
+		w("\t\t# connections (zone 0), whose tuples ftpgate's upstreams from the clients' addresses may repeat")
 		for _, fa := range cfg.interceptedFamilies() {
-			w("\t\tmeta nfproto %s meta l4proto tcp tcp sport @%s ct zone set %d", fa.name, setInterceptPort, cfg.UpstreamZone)
+			w("\t\tmeta nfproto %s meta l4proto tcp tcp dport @%s fib daddr type != local ct zone set %d", fa.name, setInterceptPort, cfg.InterceptZone)
 		}
 		w("\t}")
 		w("")
 		w("\tchain %s {", chainRawOut)
 		w("\t\ttype filter hook output priority raw; policy accept;")
-		w("\t\t# this host's connections to the FTP ports: a conntrack zone apart from the intercepted")
-		w("\t\t# connections (zone 0), whose tuples an upstream from the client's address may repeat")
+		w("\t\t# ftpgate's answers on them, sent from the server's address")
 		for _, fa := range cfg.interceptedFamilies() {
-			w("\t\tmeta nfproto %s meta l4proto tcp tcp dport @%s ct zone set %d", fa.name, setInterceptPort, cfg.UpstreamZone)
+			w("\t\tmeta nfproto %s meta l4proto tcp tcp sport @%s fib saddr type != local ct zone set %d", fa.name, setInterceptPort, cfg.InterceptZone)
 		}
 		w("\t}")
 	}

@@ -42,11 +42,11 @@ func TestRulesetText(t *testing.T) {
 		"ip -6 route replace local ::/0 dev lo table 100",
 		"ct mark & 0x100 == 0x100 accept",
 		"chain raw_prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n",
-		"meta nfproto ipv4 meta l4proto tcp tcp sport @intercept_ports ct zone set 18004\n",
-		"meta nfproto ipv6 meta l4proto tcp tcp sport @intercept_ports ct zone set 18004\n",
+		"meta nfproto ipv4 meta l4proto tcp tcp dport @intercept_ports fib daddr type != local ct zone set 18004\n",
+		"meta nfproto ipv6 meta l4proto tcp tcp dport @intercept_ports fib daddr type != local ct zone set 18004\n",
 		"chain raw_output {\n\t\ttype filter hook output priority raw; policy accept;\n",
-		"meta nfproto ipv4 meta l4proto tcp tcp dport @intercept_ports ct zone set 18004\n",
-		"meta nfproto ipv6 meta l4proto tcp tcp dport @intercept_ports ct zone set 18004\n",
+		"meta nfproto ipv4 meta l4proto tcp tcp sport @intercept_ports fib saddr type != local ct zone set 18004\n",
+		"meta nfproto ipv6 meta l4proto tcp tcp sport @intercept_ports fib saddr type != local ct zone set 18004\n",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("Ruleset lacks %q:\n%s", want, text)
@@ -61,10 +61,10 @@ func TestRulesetText(t *testing.T) {
 		t.Errorf("Ruleset without Intercept has interception:\n%s", plain)
 	}
 	// Only the intercepted family gets the zone rules.
-	v4 := Ruleset(Config{Intercept: true, TProxy4: DefaultTProxy4, UpstreamZone: 7})
-	if !strings.Contains(v4, "meta nfproto ipv4 meta l4proto tcp tcp dport @intercept_ports ct zone set 7\n") ||
-		strings.Contains(v4, "meta nfproto ipv6 meta l4proto tcp tcp dport @intercept_ports ct zone") ||
-		strings.Contains(v4, "meta nfproto ipv6 meta l4proto tcp tcp sport @intercept_ports ct zone") {
+	v4 := Ruleset(Config{Intercept: true, TProxy4: DefaultTProxy4, InterceptZone: 7})
+	if !strings.Contains(v4, "meta nfproto ipv4 meta l4proto tcp tcp dport @intercept_ports fib daddr type != local ct zone set 7\n") ||
+		strings.Contains(v4, "meta nfproto ipv6 meta l4proto tcp tcp dport @intercept_ports fib daddr type != local ct zone") ||
+		strings.Contains(v4, "meta nfproto ipv6 meta l4proto tcp tcp sport @intercept_ports fib saddr type != local ct zone") {
 		t.Errorf("Ruleset intercepting IPv4 only: want IPv4 zone rules (zone 7) only:\n%s", v4)
 	}
 	if bad := Ruleset(Config{CTMark: 3, CTMask: 1}); !strings.HasPrefix(bad, "# nft: invalid config") {
@@ -94,8 +94,8 @@ func TestRulesetMatchesNew(t *testing.T) {
 		{},
 		{Intercept: true},
 		{Intercept: true, InterceptPorts: []uint16{990, 21}, CTMark: 0x4000, CTMask: 0xc000, FWMark: 7, RouteTable: 77,
-			TProxy4: netip.MustParseAddrPort("10.1.2.3:3021"), UpstreamZone: 0xffff},
-		{Intercept: true, TProxy6: netip.MustParseAddrPort("[fd77::1]:2121"), UpstreamZone: 1},
+			TProxy4: netip.MustParseAddrPort("10.1.2.3:3021"), InterceptZone: 0xffff},
+		{Intercept: true, TProxy6: netip.MustParseAddrPort("[fd77::1]:2121"), InterceptZone: 1},
 	} {
 		viaNft, viaNew := newNS(t, "rsnft"), newNS(t, "rsnew")
 		viaNft.nft(t, Ruleset(cfg))

@@ -18,10 +18,9 @@ import (
 // it forwards. The query runs in the Firewall's network namespace. Its
 // signature matches proxy.Config.SourceNAT.
 //
-// In transparent mode a connection this host opened to an intercept port
-// lives in Config.UpstreamZone, and zone 0 may hold an intercepted connection
-// with the very same tuple: such a connection is looked up in UpstreamZone
-// first, then in zone 0.
+// Connections this host opens are in conntrack zone 0, also in transparent
+// mode (only the intercepted ones are in Config.InterceptZone), so the
+// lookup is in zone 0.
 func (fw *Firewall) SourceAddress(local, remote netip.AddrPort) (netip.Addr, error) {
 	src, dst := local.Addr().Unmap().WithZone(""), remote.Addr().Unmap().WithZone("")
 	what := fmt.Sprintf("look up tcp %s -> %s", netip.AddrPortFrom(src, local.Port()), netip.AddrPortFrom(dst, remote.Port()))
@@ -37,10 +36,6 @@ func (fw *Firewall) SourceAddress(local, remote netip.AddrPort) (netip.Addr, err
 		IP:    conntrack.IPTuple{SourceAddress: src, DestinationAddress: dst},
 		Proto: conntrack.ProtoTuple{Protocol: unix.IPPROTO_TCP, SourcePort: local.Port(), DestinationPort: remote.Port()},
 	}}
-	zones := []uint16{0}
-	if z := fw.cfg.zoneOf(netip.AddrPortFrom(dst, remote.Port())); z != 0 {
-		zones = []uint16{z, 0}
-	}
 
 	fw.ctqMu.Lock()
 	defer fw.ctqMu.Unlock()
@@ -50,14 +45,7 @@ func (fw *Firewall) SourceAddress(local, remote netip.AddrPort) (netip.Addr, err
 		}
 		return netip.Addr{}, fmt.Errorf("conntrack: %s: %w", what, fw.ctqErr)
 	}
-	var f conntrack.Flow
-	var err error
-	for _, q.Zone = range zones {
-		f, err = fw.ctq.Get(q)
-		if !errors.Is(err, unix.ENOENT) {
-			break
-		}
-	}
+	f, err := fw.ctq.Get(q)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		return netip.Addr{}, wrapHint("conntrack", what, err,

@@ -17,13 +17,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The conntrack zone of upstream connections (Config.UpstreamZone).
+// The conntrack zone of intercepted connections (Config.InterceptZone).
 //
 // In transparent mode ftpgate dials the server from the client's own address
 // with a port the kernel picks by the socket table alone, so an upstream
 // connection client:X -> server:21 can repeat the tuple of another
 // intercepted connection of the same client, client:X -> server:21. These
-// tests make that collision on purpose, with the same port on both sides.
+// tests make that collision on purpose, with the same port on both sides,
+// and check that what ftpgate does not intercept stays out of the zone.
 
 // collisionPort is the source port both connections use.
 const collisionPort = 40021
@@ -242,13 +243,13 @@ func (l *collisionLab) conntrack(t *testing.T, v6 bool) string {
 	return l.gw.exec(t, "conntrack", "-L", "-f", fam, "-p", "tcp", "--dport", "21")
 }
 
-// TestUpstreamZoneCollision: a client connection client:X -> srv:21 that
+// TestInterceptZoneCollision: a client connection client:X -> srv:21 that
 // ftpgate intercepts and an upstream connection from the gateway with the
 // same tuple (the proxy's transparent dial, with the port forced), in both
 // orders, on a gateway with a stateful input filter, with and without a host
 // rule masquerading the upstream. With the zone both connections carry data
-// both ways, and SourceAddress finds the upstream's entry (in its zone; zone
-// 0 holds the intercepted connection with the same original tuple).
+// both ways, the intercepted connection is in the zone and the upstream in
+// zone 0, and SourceAddress finds the upstream's entry.
 //
 // The controls (masquerade, raw chains deleted) show what goes wrong
 // without the zone. Client first: the upstream's SYN joins the intercepted
@@ -260,7 +261,7 @@ func (l *collisionLab) conntrack(t *testing.T, v6 bool) string {
 // masquerade the outcome depends on conntrack's TCP window heuristics: the
 // control stalled behind the input filter for IPv4 and passed for IPv6 on
 // Linux 6.18, so it is not a test case.
-func TestUpstreamZoneCollision(t *testing.T) {
+func TestInterceptZoneCollision(t *testing.T) {
 	requireRoot(t)
 	requireConntrackTool(t)
 	type tc struct{ v6, upstreamFirst, masq, zones bool }
@@ -309,8 +310,8 @@ func TestUpstreamZoneCollision(t *testing.T) {
 }
 
 // checkZones checks the conntrack listing for the two connections of
-// client:port -> :21: the upstream's in the upstream zone, the intercepted
-// one in zone 0.
+// client:port -> :21: the intercepted one in the intercept zone, the
+// upstream's in zone 0.
 func checkZones(t *testing.T, ct string, client netip.Addr, port uint16, want int) {
 	t.Helper()
 	var inZone, inZero int
@@ -318,7 +319,7 @@ func checkZones(t *testing.T, ct string, client netip.Addr, port uint16, want in
 		if !strings.Contains(line, fmt.Sprintf("src=%s ", client)) || !strings.Contains(line, fmt.Sprintf("sport=%d dport=21 ", port)) {
 			continue
 		}
-		if strings.Contains(line, fmt.Sprintf("zone=%d", DefaultUpstreamZone)) {
+		if strings.Contains(line, fmt.Sprintf("zone=%d", DefaultInterceptZone)) {
 			inZone++
 		} else if !strings.Contains(line, "zone=") {
 			inZero++
@@ -326,7 +327,7 @@ func checkZones(t *testing.T, ct string, client netip.Addr, port uint16, want in
 	}
 	if inZone != 1 || inZero != want-1 {
 		t.Errorf("conntrack holds %d entries of %s:%d -> :21 in zone %d and %d in zone 0, want 1 and %d:\n%s",
-			inZone, client, port, DefaultUpstreamZone, inZero, want-1, ct)
+			inZone, client, port, DefaultInterceptZone, inZero, want-1, ct)
 	}
 }
 
@@ -337,82 +338,42 @@ func requireConntrackTool(t *testing.T) {
 	}
 }
 
-// TestLocalClientZone: a client on the gateway itself (not ftpgate) that
-// connects to an FTP server, behind the stateful input filter. Its replies
-// arrive with tcp sport 21 and go to the upstream zone, so its connection
-// must be in that zone too: raw_output matches every local connection to an
-// intercept port, not only ftpgate's upstream sockets. The control replaces
-// raw_output with a rule for marked sockets only (meta mark 0x2, the
-// alternative of marking ftpgate's upstream sockets with SO_MARK): the
-// server's SYN/ACK then finds no entry in the zone, is invalid, and the input
-// filter drops it.
-func TestLocalClientZone(t *testing.T) {
+// TestLocalClientNotZoned: a client on the gateway itself (not ftpgate)
+// that connects to an FTP server, behind the stateful input filter, works
+// and its connection stays in zone 0: only intercepted connections go to
+// the zone.
+func TestLocalClientNotZoned(t *testing.T) {
 	requireRoot(t)
 	requireConntrackTool(t)
 	for _, v6 := range []bool{false, true} {
-		for _, markOnly := range []bool{false, true} {
-			name := map[bool]string{false: "ipv4", true: "ipv6"}[v6] + map[bool]string{false: "/zone", true: "/control-mark-only"}[markOnly]
-			t.Run(name, func(t *testing.T) {
-				leakCheck(t)
-				l := newCollisionLab(t, v6, false, true)
-				if markOnly {
-					markOnlyOutput(t, l.fw, 0x2)
+		t.Run(map[bool]string{false: "ipv4", true: "ipv6"}[v6], func(t *testing.T) {
+			leakCheck(t)
+			l := newCollisionLab(t, v6, false, true)
+			c, err := dialPort(t, l.gw, netip.AddrPortFrom(l.gwOut, 0), l.server, false, 3*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			select {
+			case s := <-l.accepted:
+				defer s.Close()
+			case <-time.After(3 * time.Second):
+				t.Fatal("the server did not accept")
+			}
+			if err := echoed(c, "local client", 3*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			ct := l.conntrack(t, v6)
+			tuple := fmt.Sprintf("src=%s dst=%s sport=%d dport=21 ", l.gwOut, l.server.Addr(), addrPortOf(c.LocalAddr()).Port())
+			for _, line := range strings.Split(ct, "\n") {
+				if strings.Contains(line, tuple) && strings.Contains(line, "zone=") {
+					t.Errorf("the local client's connection is in a zone:\n%s", ct)
 				}
-				c, srvSide, err := func() (net.Conn, net.Conn, error) {
-					c, err := dialPort(t, l.gw, netip.AddrPortFrom(l.gwOut, 0), l.server, false, 3*time.Second)
-					if err != nil {
-						return nil, nil, err
-					}
-					t.Cleanup(func() { c.Close() })
-					select {
-					case s := <-l.accepted:
-						t.Cleanup(func() { s.Close() })
-						return c, s, nil
-					case <-time.After(3 * time.Second):
-						return c, nil, errors.New("the server did not accept")
-					}
-				}()
-				if err == nil {
-					err = echoed(c, "local client", 3*time.Second)
-				}
-				if markOnly {
-					if err == nil {
-						t.Fatal("control: the local client worked with a mark-only raw_output rule")
-					}
-					t.Logf("control with a mark-only raw_output rule fails as expected: %v", err)
-					return
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				_ = srvSide
-				ct := l.conntrack(t, v6)
-				if !strings.Contains(ct, fmt.Sprintf("src=%s dst=%s sport=%d dport=21 ", l.gwOut, l.server.Addr(), addrPortOf(c.LocalAddr()).Port())) ||
-					!strings.Contains(ct, fmt.Sprintf("zone=%d", DefaultUpstreamZone)) {
-					t.Errorf("the local client's connection is not in zone %d:\n%s", DefaultUpstreamZone, ct)
-				}
-			})
-		}
-	}
-}
-
-// markOnlyOutput replaces the rules of raw_output with
-// "meta l4proto tcp meta mark <mark> ct zone set <zone>".
-func markOnlyOutput(t *testing.T, fw *Firewall, mark uint32) {
-	t.Helper()
-	fw.nlMu.Lock()
-	defer fw.nlMu.Unlock()
-	fw.conn.FlushChain(fw.obj.rawOut)
-	fw.conn.AddRule(&nftables.Rule{Table: fw.obj.table, Chain: fw.obj.rawOut, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: nativeU32(mark)},
-		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint16(fw.cfg.UpstreamZone)},
-		&expr.Ct{Key: expr.CtKeyZONE, Register: 1, SourceRegister: true},
-	}})
-	if err := fw.conn.Flush(); err != nil {
-		t.Fatalf("replace the raw_output rules: %v", err)
+			}
+			if !strings.Contains(ct, tuple) {
+				t.Errorf("no conntrack entry of the local client's connection:\n%s", ct)
+			}
+		})
 	}
 }
 
@@ -512,5 +473,165 @@ func waitFor(d time.Duration, cond func() bool) bool {
 			return false
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// bannerServer listens on addr inside ns and greets every connection with
+// banner, as an FTP server does.
+func bannerServer(t *testing.T, ns *testNS, addr, banner string) {
+	t.Helper()
+	var ln net.Listener
+	ns.do(t, func() {
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			t.Fatalf("listen %s: %v", addr, err)
+		}
+	})
+	done := make(chan struct{})
+	t.Cleanup(func() { ln.Close(); <-done })
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte(banner))
+			c.Close()
+		}
+	}()
+}
+
+// readBanner connects from cli to addr and reads the server's greeting.
+func readBanner(t *testing.T, cli *testNS, addr netip.AddrPort, want string) error {
+	t.Helper()
+	local := netip.IPv4Unspecified()
+	if addr.Addr().Is6() {
+		local = netip.IPv6Unspecified()
+	}
+	c, err := dialPort(t, cli, netip.AddrPortFrom(local, 0), addr, false, 3*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, len(want))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("read the banner from %s: %w", addr, err)
+	}
+	if string(buf) != want {
+		return fmt.Errorf("banner from %s is %q, want %q", addr, buf, want)
+	}
+	return nil
+}
+
+// TestPortForwardedServer: the gateway port-forwards its own address's port
+// 21 to an FTP server inside (a host "dnat to srv:21", with and without
+// masquerading towards the server) while ftpgate intercepts in transparent
+// mode, behind a stateful forward filter. The tproxy rule leaves the
+// connection alone (its destination is local), the host's DNAT forwards it,
+// and it stays in zone 0 both ways. The control restores the earlier rules
+// that zoned this host's connections to port 21, and the replies from it,
+// by port alone: the server's SYN/ACK then went to the zone, found no entry
+// there, was invalid and the connection hung.
+func TestPortForwardedServer(t *testing.T) {
+	requireRoot(t)
+	for _, v6 := range []bool{false, true} {
+		for _, masq := range []bool{false, true} {
+			for _, control := range []bool{false, true} {
+				name := map[bool]string{false: "ipv4", true: "ipv6"}[v6] +
+					map[bool]string{false: "/routed", true: "/masquerade"}[masq] +
+					map[bool]string{false: "/fixed", true: "/control-upstream-zone-by-port"}[control]
+				t.Run(name, func(t *testing.T) {
+					leakCheck(t)
+					cli, gw, srv := routedLab(t)
+					pub, server := ap("10.77.2.2", 21), ap("10.77.3.2", 21)
+					if v6 {
+						pub, server = ap("fd77:2::2", 21), ap("fd77:3::2", 21)
+					}
+					masquerade := ""
+					if masq {
+						masquerade = `oifname "fgv0" masquerade`
+					}
+					gw.nft(t, fmt.Sprintf(`table inet hostfw {
+	chain prerouting {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr 10.77.2.2 tcp dport 21 dnat ip to 10.77.3.2:21
+		ip6 daddr fd77:2::2 tcp dport 21 dnat ip6 to [fd77:3::2]:21
+	}
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		%s
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		ct state invalid drop
+		ct status dnat accept
+		ct mark & 0x100 == 0x100 accept
+	}
+}`, masquerade))
+					fw := newFirewall(t, gw, Config{Intercept: true})
+					if control {
+						upstreamZoneByPort(t, fw)
+					}
+					lst := "127.0.0.1:2121"
+					if v6 {
+						lst = "[::1]:2121"
+					}
+					diverted := transparentAcceptor(t, gw, lst)
+					const banner = "220 inside FTP server\r\n"
+					bannerServer(t, srv, server.String(), banner)
+
+					err := readBanner(t, cli, pub, banner)
+					select {
+					case <-diverted:
+						t.Fatal("a connection to the gateway's own address was diverted to ftpgate's listener")
+					default:
+					}
+					if control {
+						if err == nil {
+							t.Fatal("control: the port-forwarded server worked with the upstreams zoned by port; the test does not reproduce the hang")
+						}
+						t.Logf("control fails as expected: %v", err)
+						return
+					}
+					if err != nil {
+						t.Fatalf("port-forwarded FTP server behind a transparent ftpgate: %v", err)
+					}
+				})
+			}
+		}
+	}
+}
+
+// upstreamZoneByPort replaces the raw chains' rules with those of the
+// earlier design, which zoned this host's connections to the intercept
+// ports by port alone:
+//
+//	raw_output:     meta nfproto X meta l4proto tcp tcp dport @intercept_ports ct zone set Z
+//	raw_prerouting: meta nfproto X meta l4proto tcp tcp sport @intercept_ports ct zone set Z
+func upstreamZoneByPort(t *testing.T, fw *Firewall) {
+	t.Helper()
+	fw.nlMu.Lock()
+	defer fw.nlMu.Unlock()
+	for _, ch := range []struct {
+		chain   *nftables.Chain
+		portOff uint32
+	}{{fw.obj.rawOut, offDport}, {fw.obj.rawPre, offSport}} {
+		fw.conn.FlushChain(ch.chain)
+		for _, fa := range fw.cfg.interceptedFamilies() {
+			e := matchFamilyTCP(fa)
+			e = append(e,
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: ch.portOff, Len: 2},
+				&expr.Lookup{SourceRegister: 1, SetName: fw.obj.ports.Name, SetID: fw.obj.ports.ID},
+				&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint16(fw.cfg.InterceptZone)},
+				&expr.Ct{Key: expr.CtKeyZONE, Register: 1, SourceRegister: true},
+			)
+			fw.conn.AddRule(&nftables.Rule{Table: fw.obj.table, Chain: ch.chain, Exprs: e})
+		}
+	}
+	if err := fw.conn.Flush(); err != nil {
+		t.Fatalf("replace the raw chains' rules: %v", err)
 	}
 }
