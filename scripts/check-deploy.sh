@@ -4,7 +4,8 @@
 #   container   the Dockerfile's structure, and its exact build command run
 #               here on the files its build context holds: a static binary
 #   systemd     systemd-analyze verify and security (exposure score), the
-#               example config parsed by ftpgate itself, sysctl and module files
+#               example config parsed by ftpgate itself (and invalid settings
+#               refused by --dry-run), sysctl and module files
 #   nftables    nft -c -f of both example rulesets, then each loaded into a
 #               throwaway network namespace where 'ftpgate check' must find
 #               the ct mark line
@@ -204,7 +205,19 @@ config_example() {
 	# The reverse-mode settings the file documents (commented out).
 	"$BIN" run --config "$CONF" --mode reverse --listen 203.0.113.5:21 --upstream ftp.internal:21 \
 		--passive-ports 50000-50999 --public-address 203.0.113.5 --dry-run >/dev/null || return 1
-	say "parsed by 'ftpgate run --dry-run' (transparent and reverse)"
+	# The documented reload recipe ('--dry-run >/dev/null && systemctl
+	# reload') relies on the exit status: each invalid setting must fail it.
+	local bad out
+	for bad in "--route-table 254" "--route-table -1" "--route-table 0" "--fwmark 4294967297" "--listen=" \
+		"--max-sessions 0" "--pinhole-timeout 0s" "--passive-ports 21-2000" "--log-level loud"; do
+		# shellcheck disable=SC2086
+		if out=$("$BIN" run --config "$CONF" $bad --dry-run 2>&1); then
+			echo "--dry-run accepted $bad (status 0)"
+			return 1
+		fi
+		echo "$bad: $(tail -1 <<<"$out")"
+	done
+	say "parsed by 'ftpgate run --dry-run' (transparent and reverse); 9 invalid settings make it fail"
 }
 
 # -------------------------------------------------------- in a netns --

@@ -8,13 +8,15 @@ import (
 )
 
 // checkCmd prints what the gateway needs and whether it has it; ok is false
-// when something must be fixed before 'ftpgate run' works.
+// when something must be fixed before 'ftpgate run' works. It validates the
+// settings exactly as run does first, so that a config check passes also
+// means the daemon accepts the config.
 func checkCmd(args []string, w io.Writer) (ok bool, err error) {
 	o, err := parseOptions("check", args)
 	if err != nil {
 		return false, err
 	}
-	cfg, err := o.nftConfig()
+	_, cfg, err := o.validate()
 	if err != nil {
 		return false, err
 	}

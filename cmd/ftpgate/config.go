@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/ftpgate/ftpgate/nft"
 	"github.com/ftpgate/ftpgate/proxy"
 )
 
@@ -49,6 +52,10 @@ type options struct {
 	rtPriority           int
 	procs                int
 	procsSet             bool // --procs was given (flag, environment or config file)
+
+	// values holds every flag's final value as text, so that a reload can
+	// tell which settings changed.
+	values map[string]string
 }
 
 // listFlag is a repeatable flag; the first explicit use replaces the default.
@@ -87,10 +94,10 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.DurationVar(&o.pinholeTTL, "pinhole-timeout", 30*time.Second, "how long a negotiated data connection stays allowed if unused")
 	fs.DurationVar(&o.dialTimeout, "upstream-connect-timeout", 10*time.Second, "timeout for connecting to the FTP server and receiving its greeting")
 	fs.StringVar(&o.ctMark, "ct-mark", "0x100/0x100", "conntrack mark/mask set on admitted connections (the host firewall accepts it)")
-	fs.UintVar(&o.fwMark, "fwmark", 1, "packet mark that routes intercepted packets to the local listener")
-	fs.IntVar(&o.routeTable, "route-table", 100, "routing table for the fwmark policy route")
+	fs.UintVar(&o.fwMark, "fwmark", 1, "packet mark that routes intercepted packets to the local listener (1-4294967295; no other policy routing may use it)")
+	fs.IntVar(&o.routeTable, "route-table", 100, "routing table for the fwmark policy route (1-4294967294 except 253-255; a table nothing else uses)")
 	fs.StringVar(&o.configFile, "config", "", "YAML file of flag settings (keys are flag names); flags and FTPGATE_* variables override it; SIGHUP rereads it")
-	fs.BoolVar(&o.dryRun, "dry-run", false, "print the nftables ruleset that would be installed and exit")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "check every setting, print the nftables ruleset that would be installed and exit (status 1 if a setting is invalid)")
 	fs.IntVar(&o.maxSessions, "max-sessions", 1024, "control sessions open at once; more get 421")
 	fs.IntVar(&o.maxSessionsPerClient, "max-sessions-per-client", 32, "control sessions open at once per client address")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 5*time.Minute, "close a control connection whose client sends no complete command for this long (unless a reply is awaited)")
@@ -136,6 +143,8 @@ func parseOptions(name string, args []string) (*options, error) {
 		}
 	}
 	fs.Visit(func(f *flag.Flag) { o.procsSet = o.procsSet || f.Name == "procs" })
+	o.values = map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { o.values[f.Name] = f.Value.String() })
 	return o, nil
 }
 
@@ -154,12 +163,22 @@ func applyConfigFile(fs *flag.FlagSet, path string, explicit map[string]bool) er
 		if f == nil || key == "config" {
 			return fmt.Errorf("--config %s: unknown setting %q (keys are flag names, e.g. pinhole-timeout)", path, key)
 		}
+		// The daemon's own file must not turn it into a command that prints
+		// and exits (systemd would count that as a clean stop).
+		if key == "dry-run" {
+			return fmt.Errorf("--config %s: dry-run is a command-line flag only: remove it from the file and run 'ftpgate run --config %s --dry-run'", path, path)
+		}
 		if explicit[key] {
 			continue
 		}
 		values := []any{val}
 		if list, ok := val.([]any); ok {
 			values = list
+			if len(list) == 0 {
+				// An empty list is the empty value: it must replace the
+				// default, not silently keep it (listen: [] is refused).
+				values = []any{""}
+			}
 		}
 		for _, v := range values {
 			if err := fs.Set(key, fmt.Sprint(v)); err != nil {
@@ -168,6 +187,32 @@ func applyConfigFile(fs *flag.FlagSet, path string, explicit map[string]bool) er
 		}
 	}
 	return nil
+}
+
+// validate checks every setting the way the daemon uses it and returns the
+// protocol and firewall sides' configurations. run, run --dry-run, reload
+// (SIGHUP) and check all go through it, so that a config --dry-run accepts is
+// one the daemon starts with.
+func (o *options) validate() (proxy.Config, nft.Config, error) {
+	if _, err := o.logger(io.Discard); err != nil {
+		return proxy.Config{}, nft.Config{}, err
+	}
+	pcfg, err := o.proxyConfig()
+	if err != nil {
+		return pcfg, nft.Config{}, err
+	}
+	ncfg, err := o.nftConfig()
+	if err != nil {
+		return pcfg, ncfg, err
+	}
+	// The nft package checks its Config only inside New and Ruleset, and
+	// Ruleset reports a refused one as a comment with this prefix (nft's
+	// tests pin it). What nftConfig did not catch is still caught here.
+	if rs := nft.Ruleset(ncfg); strings.HasPrefix(rs, "# nft: invalid config") {
+		msg := strings.ReplaceAll(strings.TrimSpace(rs), "\n# ", "; ")
+		return pcfg, ncfg, errors.New(strings.TrimPrefix(msg, "# "))
+	}
+	return pcfg, ncfg, nil
 }
 
 // proxyConfig reads the protocol-side settings.
@@ -199,6 +244,28 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 	default:
 		return cfg, fmt.Errorf("--mode %q: want transparent or reverse", o.mode)
 	}
+	// Without a listener the daemon would install its interception rules,
+	// divert FTP to nowhere and still report ready.
+	if len(o.listen.values) == 0 {
+		return cfg, errors.New("--listen is empty: give at least one IP:PORT (transparent: where intercepted connections are diverted, default 127.0.0.1:2121 and [::1]:2121; reverse: the public address, e.g. 203.0.113.5:21)")
+	}
+	// Zero and negative values used to become the defaults without a word;
+	// none of these settings documents a meaning for them.
+	for _, c := range []struct {
+		bad bool
+		msg string
+	}{
+		{o.pinholeTTL <= 0, fmt.Sprintf("--pinhole-timeout %v: want a positive duration such as 30s", o.pinholeTTL)},
+		{o.dialTimeout <= 0, fmt.Sprintf("--upstream-connect-timeout %v: want a positive duration such as 10s", o.dialTimeout)},
+		{o.idleTimeout <= 0, fmt.Sprintf("--idle-timeout %v: want a positive duration such as 5m", o.idleTimeout)},
+		{o.shutdownGrace < 0, fmt.Sprintf("--shutdown-grace %v: want 0 (close sessions at once) or a positive duration such as 10s", o.shutdownGrace)},
+		{o.maxSessions <= 0, fmt.Sprintf("--max-sessions %d: want 1 or more", o.maxSessions)},
+		{o.maxSessionsPerClient <= 0, fmt.Sprintf("--max-sessions-per-client %d: want 1 or more", o.maxSessionsPerClient)},
+	} {
+		if c.bad {
+			return cfg, errors.New(c.msg)
+		}
+	}
 	cfg.Upstream = o.upstream
 	for _, v := range o.publicAddress.values {
 		a, err := netip.ParseAddr(v)
@@ -216,6 +283,9 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 	if cfg.PassivePorts, err = proxy.ParsePortRange(o.passivePorts); err != nil {
 		return cfg, fmt.Errorf("--passive-ports: %w", err)
 	}
+	if err := o.checkPassivePorts(cfg.PassivePorts); err != nil {
+		return cfg, err
+	}
 	if o.serverPassivePorts != "" {
 		if cfg.ServerPassivePorts, err = proxy.ParsePortRange(o.serverPassivePorts); err != nil {
 			return cfg, fmt.Errorf("--server-passive-ports: %w", err)
@@ -232,6 +302,91 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 		return cfg, fmt.Errorf("--tls: %w", err)
 	}
 	return cfg, nil
+}
+
+// checkPassivePorts keeps the gateway's data ports apart from everything
+// else: ports below 1024 belong to services (ftpgate never opens a data
+// port below 1024 anywhere else either), and a port ftpgate listens on or
+// intercepts would have control connections and data pinholes compete for it.
+func (o *options) checkPassivePorts(r proxy.PortRange) error {
+	if r.Lo < 1024 {
+		return fmt.Errorf("--passive-ports %s: want LO of 1024 or more; ports below 1024 are never data ports", r)
+	}
+	for _, l := range o.listen.values {
+		_, port, err := net.SplitHostPort(l)
+		if p, err2 := strconv.ParseUint(port, 10, 16); err == nil && err2 == nil && r.Contains(uint16(p)) {
+			return fmt.Errorf("--passive-ports %s contains port %d of --listen %s: move the range or the listener apart", r, p, l)
+		}
+	}
+	if o.mode != "reverse" { // reverse mode intercepts nothing
+		ports, _ := o.ports() // nftConfig reports a bad port
+		for _, p := range ports {
+			if r.Contains(p) {
+				return fmt.Errorf("--passive-ports %s contains --intercept-port %d: move the range apart from the intercepted ports", r, p)
+			}
+		}
+	}
+	return nil
+}
+
+// nftConfig reads the firewall-side settings.
+func (o *options) nftConfig() (nft.Config, error) {
+	ports, err := o.ports()
+	if err != nil {
+		return nft.Config{}, err
+	}
+	if len(ports) == 0 && o.mode != "reverse" {
+		return nft.Config{}, errors.New("--intercept-port is empty: give at least one TCP port of FTP control connections to intercept, such as 21")
+	}
+	mark, mask, err := parseMark(o.ctMark)
+	if err != nil {
+		return nft.Config{}, err
+	}
+	// nft would turn 0 into its default; a uint flag is 64 bits wide and
+	// the conversion below would silently keep the low 32.
+	if o.fwMark == 0 || o.fwMark > math.MaxUint32 {
+		return nft.Config{}, fmt.Errorf("--fwmark %d: want 1 to 4294967295, a packet mark no other policy routing on this host uses", o.fwMark)
+	}
+	if o.routeTable <= 0 || int64(o.routeTable) > math.MaxUint32-1 || (o.routeTable >= 253 && o.routeTable <= 255) {
+		return nft.Config{}, fmt.Errorf("--route-table %d: want a routing table nothing else uses, 1 to 4294967294 except 253-255 (default, main, local), such as 100", o.routeTable)
+	}
+	v4, v6, err := o.tproxyTargets()
+	if err != nil {
+		return nft.Config{}, err
+	}
+	return nft.Config{
+		Intercept:      o.mode != "reverse",
+		InterceptPorts: ports,
+		TProxy4:        v4,
+		TProxy6:        v6,
+		CTMark:         mark,
+		CTMask:         mask,
+		FWMark:         uint32(o.fwMark),
+		RouteTable:     o.routeTable,
+	}, nil
+}
+
+// reloadable names the settings a reload (SIGHUP) applies, to new sessions:
+// the ones proxy.Server.Reload takes. Every other setting needs a restart.
+var reloadable = map[string]bool{
+	"public-address": true, "server-passive-ports": true, "pinhole-timeout": true,
+	"upstream-connect-timeout": true, "max-sessions": true, "max-sessions-per-client": true,
+	"idle-timeout": true, "deny-commands": true, "anonymous-only": true, "tls": true,
+	// Not settings of the daemon: the same command line names the same file.
+	"config": true, "dry-run": true,
+}
+
+// restartOnly lists, as flags, the settings that differ between the running
+// daemon's options and o but that a reload cannot apply.
+func restartOnly(running, o *options) []string {
+	var changed []string
+	for name, v := range o.values {
+		if !reloadable[name] && running.values[name] != v {
+			changed = append(changed, "--"+name)
+		}
+	}
+	slices.Sort(changed)
+	return changed
 }
 
 func (o *options) logger(w io.Writer) (*slog.Logger, error) {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -145,5 +147,114 @@ func TestCountingGate(t *testing.T) {
 	}
 	if len(ops) != 1 || ops[0] != "open_pinhole" {
 		t.Fatalf("counted %v, want [open_pinhole]", ops)
+	}
+}
+
+// TestValidate: every setting is checked the same way by run, run --dry-run,
+// reload and check; nothing out of range is quietly replaced by a default.
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		file    string // --config contents
+		wantErr string // "" = valid
+	}{
+		{name: "defaults"},
+		{name: "reverse", args: []string{"--mode", "reverse", "--upstream", "ftp:21", "--listen", "203.0.113.5:21"}},
+
+		{name: "empty --listen", args: []string{"--listen", ""}, wantErr: "--listen is empty"},
+		{name: "empty --listen list", args: []string{"--listen", ","}, wantErr: "--listen is empty"},
+		{name: "empty FTPGATE_LISTEN", env: map[string]string{"FTPGATE_LISTEN": ""}, wantErr: "--listen is empty"},
+		{name: "empty listen in the file", file: "listen: \"\"\n", wantErr: "--listen is empty"},
+		{name: "empty listen list in the file", file: "listen: []\n", wantErr: "--listen is empty"},
+		{name: "reverse, empty --listen", args: []string{"--mode", "reverse", "--upstream", "ftp:21", "--listen", ""}, wantErr: "--listen is empty"},
+		{name: "empty --intercept-port", args: []string{"--intercept-port", ""}, wantErr: "--intercept-port is empty"},
+		{name: "reverse ignores intercept ports", args: []string{"--mode", "reverse", "--upstream", "ftp:21", "--listen", "203.0.113.5:21", "--intercept-port", ""}},
+
+		{name: "route table main", args: []string{"--route-table", "254"}, wantErr: "--route-table 254"},
+		{name: "route table local", args: []string{"--route-table", "255"}, wantErr: "--route-table 255"},
+		{name: "route table negative", args: []string{"--route-table", "-1"}, wantErr: "--route-table -1"},
+		{name: "route table 0", args: []string{"--route-table", "0"}, wantErr: "--route-table 0"},
+		{name: "route table too big", args: []string{"--route-table", "4294967295"}, wantErr: "--route-table 4294967295"},
+		{name: "route table highest", args: []string{"--route-table", "4294967294"}},
+		{name: "fwmark above 32 bits", args: []string{"--fwmark", "4294967297"}, wantErr: "--fwmark 4294967297"},
+		{name: "fwmark 0", args: []string{"--fwmark", "0"}, wantErr: "--fwmark 0"},
+		{name: "fwmark highest", args: []string{"--fwmark", "4294967295"}},
+
+		{name: "max-sessions 0", args: []string{"--max-sessions", "0"}, wantErr: "--max-sessions 0"},
+		{name: "max-sessions negative", args: []string{"--max-sessions", "-5"}, wantErr: "--max-sessions -5"},
+		{name: "per-client 0", args: []string{"--max-sessions-per-client", "0"}, wantErr: "--max-sessions-per-client 0"},
+		{name: "pinhole-timeout 0", args: []string{"--pinhole-timeout", "0s"}, wantErr: "--pinhole-timeout 0s"},
+		{name: "pinhole-timeout negative", args: []string{"--pinhole-timeout", "-1s"}, wantErr: "--pinhole-timeout -1s"},
+		{name: "idle-timeout 0", args: []string{"--idle-timeout", "0s"}, wantErr: "--idle-timeout"},
+		{name: "connect timeout 0", args: []string{"--upstream-connect-timeout", "0s"}, wantErr: "--upstream-connect-timeout"},
+		{name: "shutdown-grace 0 closes at once", args: []string{"--shutdown-grace", "0s"}},
+		{name: "shutdown-grace negative", args: []string{"--shutdown-grace", "-1s"}, wantErr: "--shutdown-grace -1s"},
+
+		{name: "passive ports below 1024", args: []string{"--passive-ports", "1023-2000"}, wantErr: "want LO of 1024 or more"},
+		{name: "passive ports from 1024", args: []string{"--passive-ports", "1024-2000"}},
+		{name: "passive ports hold the listener", args: []string{"--passive-ports", "2000-3000"}, wantErr: "contains port 2121 of --listen"},
+		{name: "passive ports hold an intercept port", args: []string{"--intercept-port", "50021"}, wantErr: "contains --intercept-port 50021"},
+		{name: "reverse: passive ports hold the listener", args: []string{"--mode", "reverse", "--upstream", "ftp:21", "--listen", "203.0.113.5:50010"}, wantErr: "contains port 50010 of --listen"},
+
+		{name: "dry-run in the file", file: "dry-run: true\n", wantErr: "dry-run is a command-line flag only"},
+		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
+		// Refused by nft's own checks, reached through its Ruleset.
+		{name: "listener port 0", args: []string{"--listen", "127.0.0.1:0"}, wantErr: "nft: invalid config"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			args := tc.args
+			if tc.file != "" {
+				file := filepath.Join(t.TempDir(), "ftpgate.yaml")
+				if err := os.WriteFile(file, []byte(tc.file), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				args = append([]string{"--config", file}, args...)
+			}
+			o, err := parseOptions("run", args)
+			if err == nil {
+				_, _, err = o.validate()
+			}
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Errorf("%v: %v", args, err)
+			case tc.wantErr != "" && err == nil:
+				t.Errorf("%v accepted, want an error with %q", args, tc.wantErr)
+			case tc.wantErr != "" && !strings.Contains(err.Error(), tc.wantErr):
+				t.Errorf("%v: %v, want an error with %q", args, err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestRestartOnly(t *testing.T) {
+	running, err := parseOptions("run", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args []string
+		want []string
+	}{
+		{nil, nil},
+		{[]string{"--max-sessions", "5", "--deny-commands", "STOR", "--pinhole-timeout", "5s", "--tls", "passthrough"}, nil},
+		{[]string{"--log-level", "debug", "--max-sessions", "5"}, []string{"--log-level"}},
+		{[]string{"--listen", "127.0.0.1:2121"}, []string{"--listen"}},
+		{[]string{"--ct-mark", "0x200", "--intercept-port", "2121"}, []string{"--ct-mark", "--intercept-port"}},
+		{[]string{"--fwmark", "2", "--route-table", "200", "--shutdown-grace", "1s"}, []string{"--fwmark", "--route-table", "--shutdown-grace"}},
+	}
+	for _, tc := range tests {
+		o, err := parseOptions("run", tc.args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := restartOnly(running, o); !slices.Equal(got, tc.want) {
+			t.Errorf("%v: restartOnly = %v, want %v", tc.args, got, tc.want)
+		}
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,7 +29,8 @@ func FuzzParseMark(f *testing.F) {
 
 // FuzzConfigFile feeds arbitrary --config files through everything the daemon
 // does with settings before it touches the kernel. Any file is either refused
-// with an error naming the setting or yields a ruleset that renders.
+// with an error naming the setting or validates and yields a ruleset that
+// renders.
 func FuzzConfigFile(f *testing.F) {
 	for _, s := range []string{
 		"pinhole-timeout: 45s\nidle-timeout: 1m\nmax-sessions: 10\ndeny-commands: [STOR, DELE]\n",
@@ -43,6 +43,9 @@ func FuzzConfigFile(f *testing.F) {
 		"nice: -21\nprocs: -1\n",
 		"log-format: xml\n",
 		"{",
+		"listen: []\nroute-table: 254\nfwmark: 4294967297\n",
+		"dry-run: true\n",
+		"passive-ports: 1000-3000\nmax-sessions: 0\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -58,13 +61,7 @@ func FuzzConfigFile(f *testing.F) {
 			}
 			return
 		}
-		if _, err := o.logger(io.Discard); err != nil {
-			return
-		}
-		if _, err := o.proxyConfig(); err != nil {
-			return
-		}
-		ncfg, err := o.nftConfig()
+		_, ncfg, err := o.validate()
 		if err != nil {
 			return
 		}

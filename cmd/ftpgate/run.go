@@ -22,51 +22,22 @@ import (
 	"github.com/ftpgate/ftpgate/proxy"
 )
 
-func (o *options) nftConfig() (nft.Config, error) {
-	ports, err := o.ports()
-	if err != nil {
-		return nft.Config{}, err
-	}
-	mark, mask, err := parseMark(o.ctMark)
-	if err != nil {
-		return nft.Config{}, err
-	}
-	v4, v6, err := o.tproxyTargets()
-	if err != nil {
-		return nft.Config{}, err
-	}
-	return nft.Config{
-		Intercept:      o.mode != "reverse",
-		InterceptPorts: ports,
-		TProxy4:        v4,
-		TProxy6:        v6,
-		CTMark:         mark,
-		CTMask:         mask,
-		FWMark:         uint32(o.fwMark),
-		RouteTable:     o.routeTable,
-	}, nil
-}
-
 func runCmd(args []string) error {
 	o, err := parseOptions("run", args)
 	if err != nil {
 		return err
 	}
-	log, err := o.logger(os.Stderr)
-	if err != nil {
-		return err
-	}
-	pcfg, err := o.proxyConfig()
-	if err != nil {
-		return err
-	}
-	ncfg, err := o.nftConfig()
+	pcfg, ncfg, err := o.validate()
 	if err != nil {
 		return err
 	}
 	if o.dryRun {
 		fmt.Print(nft.Ruleset(ncfg))
 		return nil
+	}
+	log, err := o.logger(os.Stderr)
+	if err != nil {
+		return err
 	}
 	setProcs(o.procs, o.procsSet)
 	if o.nice != 0 {
@@ -163,7 +134,7 @@ func runCmd(args []string) error {
 		case <-ctx.Done():
 			waiting = false
 		case <-hup:
-			reload(args, srv, log)
+			reload(args, o, srv, log)
 		}
 	}
 	log.Info("shutting down: no new sessions; open ones may finish", "grace", o.shutdownGrace)
@@ -183,20 +154,28 @@ func runCmd(args []string) error {
 	return nil
 }
 
-// reload rereads flags, environment and the config file and applies what can
-// change while running (limits, policy, timeouts) to new sessions.
-func reload(args []string, srv *proxy.Server, log *slog.Logger) {
+// reload rereads flags, environment and the config file, checks them as run
+// does, and applies what can change while running (limits, policy,
+// timeouts) to new sessions. Settings that need a restart are named in a
+// warning rather than passed over in silence.
+func reload(args []string, running *options, srv *proxy.Server, log *slog.Logger) {
 	o, err := parseOptions("run", args)
+	var cfg proxy.Config
 	if err == nil {
-		var cfg proxy.Config
-		if cfg, err = o.proxyConfig(); err == nil {
-			old := srv.Config()
-			cfg.Logger, cfg.Observer, cfg.SourceNAT = old.Logger, old.Observer, old.SourceNAT
-			err = srv.Reload(cfg)
-		}
+		cfg, _, err = o.validate()
+	}
+	if err == nil {
+		old := srv.Config()
+		cfg.Logger, cfg.Observer, cfg.SourceNAT = old.Logger, old.Observer, old.SourceNAT
+		err = srv.Reload(cfg)
 	}
 	if err != nil {
 		log.Error("reload failed; keeping the running configuration", "err", err)
+		return
+	}
+	if changed := restartOnly(running, o); len(changed) > 0 {
+		log.Warn("configuration reloaded for new sessions, except settings that need a restart (systemctl restart ftpgate); they keep their running values",
+			"restart_needed", strings.Join(changed, " "))
 		return
 	}
 	log.Info("configuration reloaded; new sessions use it")
