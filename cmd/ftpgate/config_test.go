@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftpgate/ftpgate/nft"
 	"github.com/ftpgate/ftpgate/proxy"
 )
 
@@ -133,20 +135,54 @@ func TestReverseNeedsUpstreamAndListen(t *testing.T) {
 	}
 }
 
-type failingGate struct{}
+// failingGate fails every Open with err, after cancelling the session's
+// context when cancel is set (a session ending while its opening is queued).
+type failingGate struct {
+	err    error
+	cancel context.CancelFunc
+}
 
-func (failingGate) Open(context.Context, proxy.Flow, time.Duration) (proxy.Pinhole, error) {
-	return nil, errors.New("netlink: no buffer space")
+func (g failingGate) Open(context.Context, proxy.Flow, time.Duration) (proxy.Pinhole, error) {
+	if g.cancel != nil {
+		g.cancel()
+	}
+	return nil, g.err
 }
 
 func TestCountingGate(t *testing.T) {
-	var ops []string
-	g := countingGate{failingGate{}, func(op string) { ops = append(ops, op) }}
-	if _, err := g.Open(context.Background(), proxy.Flow{}, time.Second); err == nil {
-		t.Fatal("error swallowed")
+	kernel := errors.New("nftables: add element: no buffer space")
+	tests := []struct {
+		name   string
+		err    error
+		cancel bool // the session's context ends during Open
+		counts bool
+	}{
+		{"kernel refused", kernel, false, true},
+		{"session ended meanwhile", kernel, true, false},
+		{"session context cancelled", fmt.Errorf("nft: pinhole x: %w", context.Canceled), false, false},
+		{"firewall closed (shutdown)", fmt.Errorf("open: %w", nft.ErrClosed), false, false},
 	}
-	if len(ops) != 1 || ops[0] != "open_pinhole" {
-		t.Fatalf("counted %v, want [open_pinhole]", ops)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			g := failingGate{err: tc.err}
+			if tc.cancel {
+				g.cancel = cancel
+			}
+			var ops []string
+			cg := countingGate{g, func(op string) { ops = append(ops, op) }}
+			if _, err := cg.Open(ctx, proxy.Flow{}, time.Second); !errors.Is(err, tc.err) {
+				t.Fatalf("Open = %v, want the gate's error %v", err, tc.err)
+			}
+			want := []string(nil)
+			if tc.counts {
+				want = []string{"open_pinhole"}
+			}
+			if !slices.Equal(ops, want) {
+				t.Errorf("counted %v, want %v", ops, want)
+			}
+		})
 	}
 }
 

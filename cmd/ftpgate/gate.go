@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"time"
 
+	"github.com/ftpgate/ftpgate/nft"
 	"github.com/ftpgate/ftpgate/proxy"
 )
 
@@ -22,10 +24,20 @@ type countingPinhole struct {
 func (g countingGate) Open(ctx context.Context, f proxy.Flow, ttl time.Duration) (proxy.Pinhole, error) {
 	p, err := g.Gate.Open(ctx, f, ttl)
 	if err != nil {
-		g.failed("open_pinhole")
+		if !abandoned(ctx, err) {
+			g.failed("open_pinhole")
+		}
 		return nil, err
 	}
 	return countingPinhole{p, g.failed}, nil
+}
+
+// abandoned reports whether an Open failed because nobody wants the opening
+// any more: its session ended (its context is done) or the daemon is
+// shutting down (the firewall is closed). The kernel refused nothing, and
+// counting it would page someone for a client that hung up.
+func abandoned(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, nft.ErrClosed)
 }
 
 func (p countingPinhole) Close() error {
