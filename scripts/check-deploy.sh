@@ -16,8 +16,12 @@
 #               MemoryDenyWriteExecute) rebuilt with libseccomp; transparent
 #               mode gets ready, reverse mode listens on :21 and relays an FTP
 #               dialogue (PASV rewritten into --passive-ports, pinhole opened);
-#               both leave nothing behind on SIGTERM. Then as the DaemonSet's
-#               container would run it (UID 0, only the added capabilities).
+#               both leave nothing behind on SIGTERM. Along the way: READY=1
+#               and STOPPING=1 reach $NOTIFY_SOCKET (Type=notify), SIGHUP
+#               reloads and names settings that need a restart, and a
+#               second SIGTERM ends the drain of an open session at once.
+#               Then as the DaemonSet's container would run it (UID 0, only
+#               the added capabilities).
 #   kubernetes  YAML syntax and consistency (selectors, ports, probes,
 #               capabilities, grace period > --shutdown-grace), ConfigMap
 #               parsed by ftpgate
@@ -43,6 +47,7 @@ TMP=$(mktemp -d /tmp/ftpgate-check-deploy.XXXXXX)
 chmod 0755 "$TMP" # the non-root runs below execute the binary and the helper from here
 SRVPID=
 FGPID=
+BGPIDS=() # helpers started in the background (notify listener, held sessions)
 FAILED=0
 START=$(date +%s)
 # The unit's --config path is installed from this file; used as the base config.
@@ -51,6 +56,11 @@ CONF=deploy/systemd/ftpgate.yaml
 ALLOWED_CAPS="CAP_NET_ADMIN CAP_NET_BIND_SERVICE"
 
 cleanup() {
+	local p
+	for p in "${BGPIDS[@]}"; do
+		kill "$p" 2>/dev/null
+		wait "$p" 2>/dev/null
+	done
 	if [ -n "$SRVPID" ]; then
 		kill "$SRVPID" 2>/dev/null
 		wait "$SRVPID" 2>/dev/null
@@ -351,14 +361,22 @@ unit_sandbox() {
 }
 
 unit_runtime_transparent() {
-	local sb log=$TMP/unit-transparent.log
+	local sb log=$TMP/unit-transparent.log conf=$TMP/unit-transparent.yaml notify=$TMP/notify.sock
 	sb=$(unit_sandbox) || return 1
-	echo "+ $sb $BIN run --config $CONF"
+	# A copy of the config that the SIGHUP below rereads after a change.
+	cp "$CONF" "$conf" && chmod 0644 "$conf" || return 1
+	# systemd's side of Type=notify: a datagram socket ftpgate (uid 61184,
+	# the unit's seccomp policy) must be able to write to.
+	"$PY" "$TMP/check.py" notify-listen "$notify" "$TMP/notify.out" &
+	BGPIDS+=($!)
+	for _ in $(seq 50); do [ -S "$notify" ] && break; sleep 0.1; done
+	echo "+ NOTIFY_SOCKET=$notify $sb $BIN run --config $conf"
 	in_ns nft flush ruleset
 	in_ns nft -f deploy/nftables/host-firewall.nft || return 1
 	# shellcheck disable=SC2086
-	start_ftpgate "$log" $sb "$BIN" run --config "$CONF"
+	start_ftpgate "$log" NOTIFY_SOCKET="$notify" $sb "$BIN" run --config "$conf"
 	if ! wait_ready http://127.0.0.1:9121/readyz; then cat "$log"; return 1; fi
+	wait_for_line "$TMP/notify.out" '^READY=1$' || { echo "no READY=1 on \$NOTIFY_SOCKET (the unit's Type=notify would time out)"; cat "$log"; return 1; }
 	in_ns curl -fsS http://127.0.0.1:9121/metrics >"$TMP/metrics.txt" || return 1
 	local caps seccomp
 	caps=$(awk '/^CapEff/ {print $2}' /proc/"$FGPID"/status)
@@ -372,8 +390,24 @@ unit_runtime_transparent() {
 			{ echo "the unit sets CPUSchedulingPolicy=rr, but ftpgate_realtime_scheduling is not 1"; cat "$log"; return 1; }
 		sched="real-time ($(chrt -p "$FGPID" | sed -n 's/.*current scheduling policy: //p' | head -1), guard armed)"
 	fi
+	# 'systemctl reload': one setting it applies, one that needs a restart.
+	sed -i 's/^max-sessions: .*/max-sessions: 512/; s/^log-level: .*/log-level: warn/' "$conf"
+	kill -HUP "$FGPID"
+	wait_for_line "$log" 'restart_needed=--log-level' ||
+		{ echo "SIGHUP: no warning naming --log-level, a setting that needs a restart"; cat "$log"; return 1; }
+	in_ns curl -fsS -o /dev/null http://127.0.0.1:9121/readyz || { echo "not ready after SIGHUP"; cat "$log"; return 1; }
 	stop_ftpgate 30 || { cat "$log"; return 1; }
-	say "uid 61184, CapEff $caps, seccomp filter, $sched scheduling: ready, table installed, clean exit on SIGTERM"
+	grep -q '^STOPPING=1$' "$TMP/notify.out" || { echo "no STOPPING=1 on \$NOTIFY_SOCKET"; return 1; }
+	say "uid 61184, CapEff $caps, seccomp filter, $sched scheduling: ready, READY=1 sent, table installed, SIGHUP reloads, clean exit on SIGTERM"
+}
+
+# wait_for_line FILE REGEX: up to 5s for a line of FILE to match.
+wait_for_line() {
+	for _ in $(seq 50); do
+		grep -q -- "$2" "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
 }
 
 unit_runtime_reverse() {
@@ -394,11 +428,21 @@ unit_runtime_reverse() {
 	echo "$out"
 	in_ns curl -fsS http://127.0.0.1:9121/metrics >"$TMP/metrics-reverse.txt" || return 1
 	"$PY" "$TMP/check.py" metric-at-least "$TMP/metrics-reverse.txt" ftpgate_pinholes_opened_total 1 || { cat "$log"; return 1; }
-	stop_ftpgate 30 || { cat "$log"; return 1; }
+	# An open session: SIGTERM drains it (shutdown-grace 10s), a second
+	# SIGTERM closes it at once.
+	in_ns "$PY" "$TMP/check.py" hold-session 127.0.0.1 21 >"$TMP/hold.log" 2>&1 &
+	BGPIDS+=($!)
+	wait_for_line "$TMP/hold.log" '^220' || { echo "the held session got no greeting"; cat "$TMP/hold.log" "$log"; return 1; }
+	kill -TERM "$FGPID"
+	sleep 1
+	kill -0 "$FGPID" 2>/dev/null || { echo "exited at once on SIGTERM with a session open: it did not drain"; cat "$log"; return 1; }
+	kill -TERM "$FGPID"
+	stop_ftpgate 3 || { echo "a second SIGTERM did not end the drain within 3s"; cat "$log"; return 1; }
+	grep -q 'second signal' "$log" || { echo "the second SIGTERM was not logged"; cat "$log"; return 1; }
 	kill "$SRVPID" 2>/dev/null
 	wait "$SRVPID" 2>/dev/null
 	SRVPID=
-	say "uid 61184 + strict seccomp: listens on :21, FTP dialogue relayed ($(tail -1 <<<"$out")), pinhole opened, clean exit"
+	say "uid 61184 + strict seccomp: listens on :21, FTP dialogue relayed ($(tail -1 <<<"$out")), pinhole opened, drains on SIGTERM, second SIGTERM ends it, clean exit"
 }
 
 # The DaemonSet's container: UID 0 whose capabilities are only the ones the
@@ -754,7 +798,7 @@ def cmd_unit(path, conf, allowed):
     import yaml
     s = unit_settings(path)
     want = {
-        "Type": "simple", "Restart": "on-failure", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
+        "Type": "notify", "Restart": "on-failure", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
         "ProtectHome": "yes", "PrivateTmp": "yes", "PrivateDevices": "yes", "ProtectKernelTunables": "yes",
         "ProtectKernelModules": "yes", "ProtectControlGroups": "yes", "RestrictNamespaces": "yes",
         "LockPersonality": "yes", "MemoryDenyWriteExecute": "yes", "SystemCallArchitectures": "native",
@@ -1166,6 +1210,26 @@ def cmd_ftp_client(host, port, lo, hi):
         fail(f"227 port {p} is outside --passive-ports {lo}-{hi}: not rewritten")
     cmd("QUIT", "221")
     print(f"PASV -> gateway port {p}")
+
+def cmd_notify_listen(path, out):
+    """systemd's notification socket: each datagram becomes lines of out."""
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    os.chmod(path, 0o777)  # ftpgate runs as another user
+    with open(out, "a") as f:
+        while True:
+            f.write(s.recv(4096).decode() + "\n")
+            f.flush()
+
+def cmd_hold_session(host, port):
+    """A control session that stays open until ftpgate closes it."""
+    import socket
+    c = socket.create_connection((host, int(port)), timeout=60)
+    print(c.makefile("rb").readline().decode().strip(), flush=True)
+    while c.recv(4096):
+        pass
+    print("closed by ftpgate", flush=True)
 
 def cmd_metric_at_least(path, name, n):
     total = 0.0

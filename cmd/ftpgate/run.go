@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -23,6 +24,15 @@ import (
 )
 
 func runCmd(args []string) error {
+	// Signals first. Until a handler is registered, SIGHUP's default action
+	// ends the process, and systemd counts death by SIGHUP as a clean exit:
+	// Restart=on-failure would then leave the gateway down after a reload
+	// sent during start-up. Signals that arrive during start-up wait here:
+	// a SIGHUP rereads the config once running, a SIGTERM stops the daemon.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
 	o, err := parseOptions("run", args)
 	if err != nil {
 		return err
@@ -54,8 +64,6 @@ func runCmd(args []string) error {
 	if err := rt.start(log, rtBudget); err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -76,7 +84,7 @@ func runCmd(args []string) error {
 		}
 	}()
 	for _, addr := range o.listen.values {
-		ln, err := proxy.Listen(ctx, addr, pcfg.Mode)
+		ln, err := proxy.Listen(context.Background(), addr, pcfg.Mode)
 		if err != nil {
 			return err
 		}
@@ -123,35 +131,76 @@ func runCmd(args []string) error {
 		}()
 	}
 	ready.Store(true)
+	sdNotify(log, daemon.SdNotifyReady)
 	log.Info("ftpgate running", "version", version, "mode", o.mode, "listen", o.listen.String(), "upstream", o.upstream,
 		"intercept_ports", o.interceptPorts.String(), "metrics", o.metricsListen, "ct_mark", o.ctMark)
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	for waiting := true; waiting; {
-		select {
-		case <-ctx.Done():
-			waiting = false
-		case <-hup:
-			reload(args, o, srv, log)
-		}
-	}
-	log.Info("shutting down: no new sessions; open ones may finish", "grace", o.shutdownGrace)
+	sig := waitForStop(sigs, func() { reload(args, o, srv, log) })
+	sdNotify(log, daemon.SdNotifyStopping)
+	log.Info("shutting down: no new sessions; open ones may finish (a second signal closes them now)", "signal", sig, "grace", o.shutdownGrace)
 	ready.Store(false)
 	for _, ln := range lns {
 		ln.Close()
 	}
 	wg.Wait()
-	gctx, cancel := context.WithTimeout(context.Background(), o.shutdownGrace)
-	srv.Shutdown(gctx)
-	cancel()
+	drain(srv, o.shutdownGrace, sigs, log)
 	if httpSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		httpSrv.Shutdown(sctx)
 		cancel()
 	}
 	return nil
+}
+
+// waitForStop calls reload for each SIGHUP and returns the first other
+// signal.
+func waitForStop(sigs <-chan os.Signal, reload func()) os.Signal {
+	for sig := range sigs {
+		if sig != syscall.SIGHUP {
+			return sig
+		}
+		reload()
+	}
+	return nil
+}
+
+// drainer is the part of proxy.Server that drain needs.
+type drainer interface {
+	Shutdown(ctx context.Context)
+}
+
+// drain lets open sessions finish for grace, then closes them. A second
+// SIGINT or SIGTERM closes them at once: an operator who asks twice wants
+// the daemon gone now, not after the grace period.
+func drain(srv drainer, grace time.Duration, sigs <-chan os.Signal, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		srv.Shutdown(ctx)
+		close(done)
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				log.Info("SIGHUP ignored: shutting down")
+				continue
+			}
+			log.Warn("second signal: closing the remaining sessions now", "signal", sig)
+			cancel()
+		}
+	}
+}
+
+// sdNotify tells systemd (Type=notify) the daemon's state; without
+// $NOTIFY_SOCKET, outside systemd, it does nothing.
+func sdNotify(log *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("cannot notify systemd", "state", state, "err", err)
+	}
 }
 
 // reload rereads flags, environment and the config file, checks them as run

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+)
+
+func TestWaitForStop(t *testing.T) {
+	tests := []struct {
+		name    string
+		signals []os.Signal
+		want    os.Signal
+		reloads int
+	}{
+		{"SIGTERM", []os.Signal{syscall.SIGTERM}, syscall.SIGTERM, 0},
+		{"SIGINT", []os.Signal{syscall.SIGINT}, syscall.SIGINT, 0},
+		{"reloads, then SIGTERM", []os.Signal{syscall.SIGHUP, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGHUP}, syscall.SIGTERM, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sigs := make(chan os.Signal, len(tc.signals))
+			for _, s := range tc.signals {
+				sigs <- s
+			}
+			reloads := 0
+			if got := waitForStop(sigs, func() { reloads++ }); got != tc.want || reloads != tc.reloads {
+				t.Errorf("waitForStop = %v after %d reloads, want %v after %d", got, reloads, tc.want, tc.reloads)
+			}
+		})
+	}
+}
+
+// blockingServer is a proxy.Server whose sessions never end by themselves.
+type blockingServer struct {
+	mu     sync.Mutex
+	endErr error // why Shutdown's context ended
+}
+
+func (s *blockingServer) Shutdown(ctx context.Context) {
+	<-ctx.Done()
+	s.mu.Lock()
+	s.endErr = ctx.Err()
+	s.mu.Unlock()
+}
+
+// syncBuffer is a log destination the test can read while drain writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func TestDrain(t *testing.T) {
+	tests := []struct {
+		name    string
+		grace   time.Duration
+		signals []os.Signal // sent during the drain
+		wantEnd error       // how the sessions' grace ended
+		wantLog string
+	}{
+		{"grace runs out", 50 * time.Millisecond, nil, context.DeadlineExceeded, ""},
+		{"second SIGTERM closes sessions now", time.Hour, []os.Signal{syscall.SIGTERM}, context.Canceled, "second signal"},
+		{"second SIGINT closes sessions now", time.Hour, []os.Signal{syscall.SIGINT}, context.Canceled, "second signal"},
+		{"SIGHUP does not cut the grace short", 50 * time.Millisecond, []os.Signal{syscall.SIGHUP}, context.DeadlineExceeded, "SIGHUP ignored"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs syncBuffer
+			log := slog.New(slog.NewTextHandler(&logs, nil))
+			sigs := make(chan os.Signal, len(tc.signals))
+			for _, s := range tc.signals {
+				sigs <- s
+			}
+			srv := &blockingServer{}
+			done := make(chan struct{})
+			go func() {
+				drain(srv, tc.grace, sigs, log)
+				close(done)
+			}()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("drain did not return")
+			}
+			if !errors.Is(srv.endErr, tc.wantEnd) {
+				t.Errorf("sessions' grace ended with %v, want %v", srv.endErr, tc.wantEnd)
+			}
+			if !strings.Contains(logs.String(), tc.wantLog) {
+				t.Errorf("log %q lacks %q", logs.String(), tc.wantLog)
+			}
+		})
+	}
+}
+
+// TestSdNotify: with Type=notify systemd waits for READY=1 on $NOTIFY_SOCKET
+// before it counts the daemon as started (and runs ExecReload).
+func TestSdNotify(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", path)
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	for _, state := range []string{daemon.SdNotifyReady, daemon.SdNotifyStopping} {
+		sdNotify(log, state)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 64)
+		n, err := conn.Read(buf)
+		if err != nil || string(buf[:n]) != state {
+			t.Errorf("systemd got %q, %v; want %q", buf[:n], err, state)
+		}
+	}
+	if logs.Len() > 0 {
+		t.Errorf("logged %q", logs.String())
+	}
+
+	// Outside systemd: nothing to tell, nothing logged.
+	t.Setenv("NOTIFY_SOCKET", "")
+	sdNotify(log, daemon.SdNotifyReady)
+	if logs.Len() > 0 {
+		t.Errorf("without NOTIFY_SOCKET: logged %q", logs.String())
+	}
+}
