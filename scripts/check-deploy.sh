@@ -18,8 +18,10 @@
 #               dialogue (PASV rewritten into --passive-ports, pinhole opened);
 #               both leave nothing behind on SIGTERM. Along the way: READY=1
 #               and STOPPING=1 reach $NOTIFY_SOCKET (Type=notify), SIGHUP
-#               reloads and names settings that need a restart, and a
-#               second SIGTERM ends the drain of an open session at once.
+#               reloads and names settings that need a restart, a second
+#               SIGTERM ends the drain of an open session at once, and a
+#               route table holding someone else's route makes both
+#               'ftpgate check' and 'ftpgate run' refuse (and leaves it).
 #               Then as the DaemonSet's container would run it (UID 0, only
 #               the added capabilities).
 #   kubernetes  YAML syntax and consistency (selectors, ports, probes,
@@ -443,6 +445,40 @@ unit_runtime_reverse() {
 	wait "$SRVPID" 2>/dev/null
 	SRVPID=
 	say "uid 61184 + strict seccomp: listens on :21, FTP dialogue relayed ($(tail -1 <<<"$out")), pinhole opened, drains on SIGTERM, second SIGTERM ends it, clean exit"
+}
+
+# Policy routing ftpgate would clobber: someone else's route in its table
+# makes 'ftpgate check' fail and 'ftpgate run' refuse, and stays; its own
+# rule and route left by a killed run are only a warning, replaced, and
+# removed on exit.
+routing_conflicts() {
+	local out rc log=$TMP/routing.log
+	in_ns nft flush ruleset
+	in_ns ip route add 192.0.2.0/24 dev lo table 100 || return 1
+	out=$(in_ns "$BIN" check 2>&1)
+	echo "$out"
+	grep -q '^FAIL ip -4 route: 192.0.2.0/24 dev lo table 100' <<<"$out" ||
+		{ echo "'ftpgate check' does not fail on a foreign route in table 100"; return 1; }
+	out=$(in_ns timeout 10 "$BIN" run --config "$CONF" 2>&1)
+	rc=$?
+	echo "$out"
+	[ $rc = 1 ] && grep -q "already uses ftpgate's route table" <<<"$out" ||
+		{ echo "'ftpgate run' did not refuse a foreign route in table 100 (status $rc)"; return 1; }
+	in_ns ip route show table 100 | grep -q '^192.0.2.0/24 dev lo' || { echo "the foreign route is gone"; return 1; }
+	in_ns ip rule | grep -q fwmark && { echo "ftpgate added its rule although it refused to start"; return 1; }
+	in_ns ip route del 192.0.2.0/24 dev lo table 100 || return 1
+
+	in_ns ip rule add fwmark 1 lookup 100 && in_ns ip route add local default dev lo table 100 || return 1
+	out=$(in_ns "$BIN" check 2>&1)
+	echo "$out"
+	grep -q '^warn ip -4 rule .*fwmark 0x1 lookup 100' <<<"$out" || { echo "'ftpgate check' does not warn about a leftover rule"; return 1; }
+	grep -q '^FAIL ip' <<<"$out" && { echo "'ftpgate check' takes ftpgate's own leftovers for a conflict"; return 1; }
+	start_ftpgate "$log" "$BIN" run --config "$CONF"
+	if ! wait_ready http://127.0.0.1:9121/readyz; then cat "$log"; return 1; fi
+	grep -q 'policy routing is already there' "$log" || { echo "no warning about the leftover rule"; cat "$log"; return 1; }
+	stop_ftpgate 30 || { cat "$log"; return 1; }
+	in_ns ip route show table 100 | grep -q . && { echo "table 100 not emptied on exit"; return 1; }
+	say "foreign route in table 100: check FAILs, run refuses, route kept; leftover rule+route: warning, replaced, removed on exit"
 }
 
 # The DaemonSet's container: UID 0 whose capabilities are only the ones the
@@ -1263,6 +1299,7 @@ if netns_up; then
 	check "deploy/nftables/reverse-mode.nft" reverse_firewall
 	check "ftpgate.service capabilities: transparent" unit_runtime_transparent
 	check "ftpgate.service capabilities: reverse :21" unit_runtime_reverse
+	check "policy routing conflicts" routing_conflicts
 	check "deploy/systemd/ftpgate-sysctl.conf" sysctl_file
 	check "deploy/kubernetes: pod securityContext" k8s_runtime
 else

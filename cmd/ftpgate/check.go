@@ -22,14 +22,43 @@ func checkCmd(args []string, w io.Writer) (ok bool, err error) {
 	}
 	ok = true
 	for _, f := range nft.Check(cfg) {
-		mark := "ok  "
-		if !f.OK {
-			mark, ok = "FAIL", false
-		}
-		fmt.Fprintf(w, "%s %s\n", mark, f.What)
-		if !f.OK && f.Fix != "" {
-			fmt.Fprintf(w, "     fix: %s\n", f.Fix)
-		}
+		ok = report(w, f.OK, f.What, f.Fix) && ok
+	}
+	if cfg.Intercept {
+		ok = checkRouting(w, cfg) && ok
 	}
 	return ok, nil
+}
+
+// report prints one finding and returns ok.
+func report(w io.Writer, ok bool, what, fix string) bool {
+	mark := "ok  "
+	if !ok {
+		mark = "FAIL"
+	}
+	fmt.Fprintf(w, "%s %s\n", mark, what)
+	if !ok && fix != "" {
+		fmt.Fprintf(w, "     fix: %s\n", fix)
+	}
+	return ok
+}
+
+// checkRouting reports whether the fwmark and the route table are free for
+// ftpgate's policy routing (see routing.go).
+func checkRouting(w io.Writer, cfg nft.Config) bool {
+	conflicts, leftovers, err := policyRoutingReport(cfg)
+	if err != nil {
+		return report(w, false, "cannot read policy routing: "+err.Error(), "run on Linux with rtnetlink (ip rule, ip route work)")
+	}
+	ok := true
+	for _, c := range conflicts {
+		ok = report(w, false, c, conflictFix(cfg))
+	}
+	for _, l := range leftovers {
+		fmt.Fprintf(w, "warn %s: ftpgate's own policy routing, left by an earlier run or set up by hand; ftpgate replaces it at start and deletes it on exit\n", l)
+	}
+	if ok && len(leftovers) == 0 {
+		report(w, true, fmt.Sprintf("policy routing: no ip rule uses fwmark %#x, route table %d is empty", cfg.FWMark, cfg.RouteTable), "")
+	}
+	return ok
 }

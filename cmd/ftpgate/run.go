@@ -91,6 +91,11 @@ func runCmd(args []string) error {
 		lns = append(lns, ln)
 	}
 
+	if ncfg.Intercept {
+		if err := checkPolicyRouting(ncfg, log); err != nil {
+			return err
+		}
+	}
 	fw, err = nft.New(ncfg, log)
 	if err != nil {
 		return err
