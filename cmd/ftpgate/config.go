@@ -52,6 +52,7 @@ type options struct {
 	rtPriority           int
 	procs                int
 	procsSet             bool // --procs was given (flag, environment or config file)
+	statusEndpoint       bool
 
 	// values holds every flag's final value as text, so that a reload can
 	// tell which settings changed.
@@ -87,7 +88,8 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.StringVar(&o.passivePorts, "passive-ports", "50000-50999", "gateway ports for NAT'ed data connections: the only range the public side exposes in reverse mode")
 	fs.StringVar(&o.serverPassivePorts, "server-passive-ports", "", "refuse 227/229 replies whose port is outside LO-HI (the range the server is configured with)")
 	fs.Var(&o.listen, "listen", "transparent: where the tproxy rules divert control connections (one IPv4, one IPv6); reverse: the public address to serve, e.g. 203.0.113.5:21 (repeatable)")
-	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:9121", "address serving /metrics, /healthz and /readyz (empty: off)")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "127.0.0.1:9121", "address serving /metrics, /healthz, /readyz and /status (empty: off)")
+	fs.BoolVar(&o.statusEndpoint, "status-endpoint", true, "serve /status on --metrics-listen: live sessions with client and server addresses and user names, and open pinholes (what 'ftpgate status' shows); false leaves only /metrics, /healthz and /readyz")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.Var(&o.interceptPorts, "intercept-port", "TCP port of FTP control connections to intercept (repeatable)")

@@ -281,7 +281,7 @@ func TestRestartOnly(t *testing.T) {
 		{[]string{"--max-sessions", "5", "--deny-commands", "STOR", "--pinhole-timeout", "5s", "--tls", "passthrough"}, nil},
 		{[]string{"--log-level", "debug", "--max-sessions", "5"}, []string{"--log-level"}},
 		{[]string{"--listen", "127.0.0.1:2121"}, []string{"--listen"}},
-		{[]string{"--ct-mark", "0x200", "--intercept-port", "2121"}, []string{"--ct-mark", "--intercept-port"}},
+		{[]string{"--ct-mark", "0x200", "--intercept-port", "2121", "--status-endpoint=false"}, []string{"--ct-mark", "--intercept-port", "--status-endpoint"}},
 		{[]string{"--fwmark", "2", "--route-table", "200", "--shutdown-grace", "1s"}, []string{"--fwmark", "--route-table", "--shutdown-grace"}},
 	}
 	for _, tc := range tests {

@@ -117,9 +117,12 @@ func runCmd(args []string) error {
 		if err != nil {
 			return fmt.Errorf("--metrics-listen %s: %w", o.metricsListen, err)
 		}
-		status := func() any {
-			return statusReport{Version: version, Mode: o.mode, Sessions: srv.Snapshot(),
-				PinholesActive: fw.Active(), Pinholes: fw.Pinholes()}
+		var status func() any // nil: no /status
+		if o.statusEndpoint {
+			status = func() any {
+				return statusReport{Version: version, Mode: o.mode, Sessions: srv.Snapshot(),
+					PinholesActive: fw.Active(), Pinholes: fw.Pinholes()}
+			}
 		}
 		httpSrv = &http.Server{Handler: metrics.Handler(reg, ready.Load, status), ReadHeaderTimeout: 5 * time.Second}
 		go httpSrv.Serve(mln)

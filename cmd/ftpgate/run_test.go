@@ -6,6 +6,8 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,5 +147,14 @@ func TestSdNotify(t *testing.T) {
 	sdNotify(log, daemon.SdNotifyReady)
 	if logs.Len() > 0 {
 		t.Errorf("without NOTIFY_SOCKET: logged %q", logs.String())
+	}
+}
+
+func TestStatusEndpointOff(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	defer srv.Close()
+	err := statusCmd([]string{"--metrics-listen", strings.TrimPrefix(srv.URL, "http://")}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "--status-endpoint") {
+		t.Errorf("statusCmd against a daemon without /status: %v, want a hint at --status-endpoint", err)
 	}
 }

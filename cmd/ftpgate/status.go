@@ -34,6 +34,9 @@ func statusCmd(args []string, w io.Writer) error {
 		return fmt.Errorf("cannot reach the running ftpgate at %s: %v — is it running, with the same --metrics-listen?", url, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return fmt.Errorf("%s: %s — the daemon runs with --status-endpoint=false; turn it on to use 'ftpgate status'", url, resp.Status)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s: %s", url, resp.Status)
 	}
