@@ -560,7 +560,7 @@ def fail(msg):
 # ftpgate's metrics: name -> (type, labels). Dashboard and alerts may use only these
 # (plus process_* and go_*); scripts/check-deploy.sh 'metrics' compares with /metrics.
 METRICS = {
-    "ftpgate_build_info": ("gauge", {"version"}),
+    "ftpgate_build_info": ("gauge", {"version", "mode"}),
     "ftpgate_sessions_total": ("counter", {"mode"}),
     "ftpgate_sessions_active": ("gauge", {"mode"}),
     "ftpgate_session_duration_seconds": ("histogram", {"mode"}),
@@ -583,7 +583,8 @@ METRICS = {
 REASONS = set("""bounce_address server_address low_port syntax byte_range family unsolicited_reply
 unpaired_reply line_too_long control_chars unsupported epsv_all tls firewall_error upstream_error loop
 ports_exhausted server_port_range cross_family shutting_down max_sessions max_sessions_per_client
-idle_timeout pending_openings denied_command not_anonymous wrong_direction""".split())
+idle_timeout pending_openings denied_command not_anonymous wrong_direction bad_verb pipeline_overflow
+write_failed""".split())
 VALUES = {
     ("ftpgate_refusals_total", "reason"): REASONS,
     ("ftpgate_pinholes_closed_total", "result"): {"used", "expired"},
@@ -595,6 +596,7 @@ VALUES = {
     ("ftpgate_data_connections_total", "direction"): {"client_to_server", "server_to_client"},
     ("ftpgate_data_bytes_total", "direction"): {"client_to_server", "server_to_client"},
     ("ftpgate_sessions_total", "mode"): {"transparent", "reverse"},
+    ("ftpgate_build_info", "mode"): {"transparent", "reverse"},
     ("ftpgate_sessions_active", "mode"): {"transparent", "reverse"},
 }
 TARGET_LABELS = {"job", "instance"}
