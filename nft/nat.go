@@ -20,7 +20,8 @@ import (
 //     rule deletes it from the packet path when a new connection matches, so
 //     exactly one connection is translated;
 //   - dnat4/6 (a timeout map): Target address . port, looked up by that rule
-//     right after consuming the key, marking the connection and DNAT'ing it;
+//     right after consuming the key; only if it is there is the connection
+//     marked and DNAT'ed (never marked without being translated);
 //   - snat4/6 (a timeout map): the SNAT address, looked up in nat_postrouting
 //     by the connection's original tuple (ip saddr . ct original ip daddr .
 //     ct original proto-dst), only for DNAT'ed connections.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"github.com/ftpgate/ftpgate/proxy"
 )
@@ -608,5 +610,97 @@ func TestPinholeDone(t *testing.T) {
 		if !ok {
 			t.Errorf("%v: Done not closed when OnPinholeEnd ran", f)
 		}
+	}
+}
+
+// TestNATPinholeWithoutDNATData: a NAT pinhole whose DNAT map element is
+// gone (as the janitor may remove it) must not mark the connection it fails
+// to translate: the connection would reach the gateway's own service on the
+// pinhole port through the host's ct mark accept rule. The control restores
+// the earlier rule, which set the mark before looking the data up.
+func TestNATPinholeWithoutDNATData(t *testing.T) {
+	requireRoot(t)
+	for _, v6 := range []bool{false, true} {
+		for _, control := range []bool{false, true} {
+			name := map[bool]string{false: "ipv4", true: "ipv6"}[v6] + map[bool]string{false: "/fixed", true: "/control-mark-before-lookup"}[control]
+			t.Run(name, func(t *testing.T) {
+				leakCheck(t)
+				cli, gw, _ := natLab(t)
+				hostInputFilter(t, gw)
+				f := natFlow("10.77.1.2", "10.77.1.1:50000", "10.77.2.2:40012", "")
+				if v6 {
+					f = natFlow("fd77:1::2", "[fd77:1::1]:50000", "[fd77:2::2]:40012", "")
+				}
+				own := acceptor(t, gw, f.Dst.String()) // the gateway's own service on the port
+				fw := newFirewall(t, gw, Config{})
+				if _, err := fw.Open(context.Background(), f, 30*time.Second); err != nil {
+					t.Fatalf("Open(%v): %v", f, err)
+				}
+				fa, key := keyOf(f)
+				destroyElement(t, fw, fw.obj.dnats[fa], []byte(key))
+				if control {
+					markBeforeDNATLookup(t, fw)
+				}
+
+				c, err := dialFrom(t, cli, f.Src, f.Dst)
+				if err == nil {
+					c.Close()
+				}
+				reached := false
+				select {
+				case s := <-own:
+					s.Close()
+					reached = true
+				case <-time.After(100 * time.Millisecond):
+				}
+				if control {
+					if !reached {
+						t.Fatalf("control: the untranslated connection did not reach the gateway's own service (dial: %v); the test does not reproduce the leak", err)
+					}
+					t.Log("control: the marked, untranslated connection reached the gateway's own service, as expected")
+					return
+				}
+				if err == nil || reached {
+					t.Fatalf("a connection through a NAT pinhole without DNAT data reached the gateway's own service (dial error %v)", err)
+				}
+			})
+		}
+	}
+}
+
+// destroyElement removes key from set through fw's owning socket.
+func destroyElement(t *testing.T, fw *Firewall, set *nftables.Set, key []byte) {
+	t.Helper()
+	fw.nlMu.Lock()
+	defer fw.nlMu.Unlock()
+	if err := fw.conn.SetDestroyElements(set, []nftables.SetElement{{Key: key}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.conn.Flush(); err != nil {
+		t.Fatalf("destroy the element of %s: %v", set.Name, err)
+	}
+}
+
+// markBeforeDNATLookup replaces the nat_prerouting rules with the earlier
+// ones, which set the ct mark right after consuming the key:
+//
+//	... @natpinN delete @natpinN { ... } ct mark set ... dnat ... map @dnatN
+func markBeforeDNATLookup(t *testing.T, fw *Firewall) {
+	t.Helper()
+	fw.nlMu.Lock()
+	defer fw.nlMu.Unlock()
+	fw.conn.FlushChain(fw.obj.natPre)
+	for _, fa := range families {
+		e := consumePin(fa, fw.obj.natPins[fa])
+		e = append(e, setCTMark(fw.cfg.CTMark, fw.cfg.CTMask)...)
+		e = append(e, loadPinKey(fa)...)
+		e = append(e,
+			&expr.Lookup{SourceRegister: fa.regSaddr, DestRegister: unix.NFT_REG_1, IsDestRegSet: true, SetName: fw.obj.dnats[fa].Name, SetID: fw.obj.dnats[fa].ID},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(fa.nfproto), RegAddrMin: unix.NFT_REG_1, RegProtoMin: fa.regNATPort},
+		)
+		fw.conn.AddRule(&nftables.Rule{Table: fw.obj.table, Chain: fw.obj.natPre, Exprs: e})
+	}
+	if err := fw.conn.Flush(); err != nil {
+		t.Fatalf("replace the nat_prerouting rules: %v", err)
 	}
 }

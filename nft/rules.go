@@ -275,16 +275,24 @@ func consumePin(fa *family, set *nftables.Set) []expr.Any {
 }
 
 // dnatRuleExprs (chain nat_prerouting), the NAT pinhole: consume the one-shot
-// key, mark the connection, DNAT it to the address and port in dnatN.
+// key, check that its DNAT data is there, mark the connection, DNAT it to the
+// address and port in dnatN.
 //
 //	ct state new meta nfproto X meta l4proto tcp
 //	ip saddr . ip daddr . tcp dport @natpinN delete @natpinN { ip saddr . ip daddr . tcp dport }
-//	ct mark set ... dnat ip to ip saddr . ip daddr . tcp dport map @dnatN
+//	ip saddr . ip daddr . tcp dport @dnatN ct mark set ... dnat ip to ip saddr . ip daddr . tcp dport map @dnatN
 //
-// The key is reloaded after "ct mark set", which used register 1, exactly as
-// nft compiles the text.
+// The mark comes after the check: a connection marked but not translated
+// (its dnat element gone while the key is live — a bookkeeping error such
+// as the janitor removing the data of the wrong pinhole, or a hand-edited
+// map) would reach the gateway's own port through the host's ct mark
+// accept rule. The mark cannot come after the dnat statement, which ends the
+// rule. The key is reloaded before each lookup, exactly as nft compiles the
+// text ("ct mark set" uses register 1).
 func dnatRuleExprs(cfg Config, fa *family, pins, dnat *nftables.Set) []expr.Any {
 	e := consumePin(fa, pins)
+	e = append(e, loadPinKey(fa)...)
+	e = append(e, &expr.Lookup{SourceRegister: fa.regSaddr, SetName: dnat.Name, SetID: dnat.ID})
 	e = append(e, setCTMark(cfg.CTMark, cfg.CTMask)...)
 	e = append(e, loadPinKey(fa)...)
 	return append(e,

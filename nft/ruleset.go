@@ -112,11 +112,12 @@ func Ruleset(cfg Config) string {
 	w("")
 	w("\tchain %s {", chainNATPre)
 	w("\t\ttype nat hook prerouting priority dstnat; policy accept;")
-	w("\t\t# data connections through a NAT pinhole: their opening SYN consumes the key; mark the connection, DNAT it")
+	w("\t\t# data connections through a NAT pinhole: their opening SYN consumes the key; if its DNAT data")
+	w("\t\t# is there (never mark a connection that is not translated), mark the connection, DNAT it")
 	for _, fa := range families {
 		key := fmt.Sprintf("%[1]s saddr . %[1]s daddr . tcp dport", fa.ip)
-		w("\t\tct state new meta nfproto %s meta l4proto tcp %s %s @%s delete @%s { %s } %s dnat %s to %s map @%s",
-			fa.name, synOnly, key, fa.natSet, fa.natSet, key, ctSet, fa.ip, key, fa.dnatMap)
+		w("\t\tct state new meta nfproto %s meta l4proto tcp %s %s @%s delete @%s { %s } %s @%s %s dnat %s to %s map @%s",
+			fa.name, synOnly, key, fa.natSet, fa.natSet, key, key, fa.dnatMap, ctSet, fa.ip, key, fa.dnatMap)
 	}
 	w("\t}")
 	w("")

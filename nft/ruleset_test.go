@@ -32,7 +32,7 @@ func TestRulesetText(t *testing.T) {
 		"type ipv6_addr . ipv6_addr . inet_service : ipv6_addr",
 		"chain nat_prerouting {",
 		"type nat hook prerouting priority dstnat; policy accept;",
-		"ct state new meta nfproto ipv4 meta l4proto tcp tcp flags syn / fin,syn,rst,ack ip saddr . ip daddr . tcp dport @natpin4 delete @natpin4 { ip saddr . ip daddr . tcp dport } ct mark set ct mark & 0xfffffeff | 0x00000100 dnat ip to ip saddr . ip daddr . tcp dport map @dnat4",
+		"ct state new meta nfproto ipv4 meta l4proto tcp tcp flags syn / fin,syn,rst,ack ip saddr . ip daddr . tcp dport @natpin4 delete @natpin4 { ip saddr . ip daddr . tcp dport } ip saddr . ip daddr . tcp dport @dnat4 ct mark set ct mark & 0xfffffeff | 0x00000100 dnat ip to ip saddr . ip daddr . tcp dport map @dnat4",
 		"dnat ip6 to ip6 saddr . ip6 daddr . tcp dport map @dnat6",
 		"chain nat_postrouting {",
 		"type nat hook postrouting priority srcnat; policy accept;",
