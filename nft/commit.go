@@ -1,9 +1,11 @@
 package nft
 
 import (
+	"errors"
 	"time"
 
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // openReq is one Open waiting to be committed.
@@ -11,6 +13,16 @@ type openReq struct {
 	p    *pinhole
 	ttl  time.Duration
 	done chan error // capacity 1; receives the outcome once
+
+	// Set by queueOpens: replaces is the outstanding pinhole of the same key
+	// (an earlier opening of the batch or a committed pinhole), and removes
+	// says whether a committed batch proves that its one-shot key was still
+	// in the kernel, i.e. that no connection used it.
+	replaces *pinhole
+	removes  bool
+	// keyGone: an earlier attempt learnt that the key of the pinhole it
+	// replaces is gone from the kernel (used or expired).
+	keyGone bool
 }
 
 // commit queues r and returns once the kernel acknowledged (or refused) it.
@@ -77,29 +89,51 @@ func (fw *Firewall) commitBatch(batch []*openReq) {
 		return
 	}
 	if len(batch) == 1 {
-		batch[0].done <- wrap("nftables", "add pinhole "+batch[0].p.flow.String()+" to "+batch[0].p.setNames(), err)
+		fw.commitOne(batch[0], err)
 		return
 	}
 	for _, r := range batch {
-		one := []*openReq{r}
-		err := fw.queueOpens(one)
+		err := fw.queueOpens([]*openReq{r})
 		if err == nil {
 			err = fw.conn.Flush()
 		}
-		if err != nil {
-			r.done <- wrap("nftables", "add pinhole "+r.p.flow.String()+" to "+r.p.setNames(), err)
-			continue
-		}
-		fw.register(one)
+		fw.commitOne(r, err)
 	}
 }
 
+// commitOne finishes an opening committed on its own with outcome err. If
+// the kernel refused it because the one-shot key of the pinhole it replaces
+// is gone (ENOENT: a connection used it, or it expired), it is committed
+// again without that deletion; register then keeps the replaced pinhole until
+// its conntrack event or its expiry says which. nlMu is held.
+func (fw *Firewall) commitOne(r *openReq, err error) {
+	if errors.Is(err, unix.ENOENT) && r.replaces != nil && r.removes && !r.keyGone {
+		r.keyGone = true
+		err = fw.queueOpens([]*openReq{r})
+		if err == nil {
+			err = fw.conn.Flush()
+		}
+	}
+	if err != nil {
+		r.done <- wrap("nftables", "add pinhole "+r.p.flow.String()+" to "+r.p.setNames(), err)
+		return
+	}
+	fw.register([]*openReq{r})
+}
+
 // queueOpens queues the netlink messages of the openings, in order (no
-// Flush). For each it first destroys what the kernel may hold for its key:
-// the elements of the outstanding pinhole it replaces (refresh) — which may
-// be an earlier opening of the same batch — and the DNAT/SNAT data an ended
-// NAT pinhole of the key may have left (a stale snat element must not apply
-// to a pinhole without SNAT). DESTROY ignores missing elements. nlMu is held.
+// Flush). For each it first removes what the kernel may hold for its key:
+//
+//   - the elements of the outstanding pinhole it replaces (refresh). If that
+//     pinhole was committed earlier and its key is not known to be gone, its
+//     one-shot key is deleted, not destroyed: the kernel then refuses the
+//     batch (ENOENT) if a connection used it, so that register knows whether
+//     the replaced pinhole is unused or its conntrack event is still to come.
+//     An earlier opening of the same batch has no history: destroyed;
+//   - the DNAT/SNAT data an ended NAT pinhole of the key may have left (a
+//     stale snat element must not apply to a pinhole without SNAT).
+//
+// DESTROY ignores missing elements. nlMu is held.
 func (fw *Firewall) queueOpens(batch []*openReq) error {
 	var inBatch map[pinKey]*pinhole
 	if len(batch) > 1 {
@@ -107,14 +141,20 @@ func (fw *Firewall) queueOpens(batch []*openReq) error {
 	}
 	fw.mu.Lock()
 	stale := make([][]*nftables.Set, len(batch))
+	del := make([]*nftables.Set, len(batch)) // where to delete the replaced key
 	for i, r := range batch {
 		k := r.p.key
-		old := inBatch[k]
-		if old == nil {
-			old = fw.entries[k]
-		}
-		if old != nil {
+		r.replaces, r.removes = nil, false
+		if old := inBatch[k]; old != nil {
+			r.replaces, r.removes = old, true
 			stale[i] = old.sets()
+		} else if old := fw.entries[k]; old != nil {
+			r.replaces = old
+			r.removes = !old.revoked && !r.keyGone
+			stale[i] = old.sets()
+			if r.removes {
+				del[i], stale[i] = stale[i][0], stale[i][1:]
+			}
 		}
 		if _, dirty := fw.natDirty[k]; dirty {
 			stale[i] = appendNew(stale[i], fw.natSets(r.p.fa)...)
@@ -128,6 +168,11 @@ func (fw *Firewall) queueOpens(batch []*openReq) error {
 	for i, r := range batch {
 		p := r.p
 		kb := p.keyBytes()
+		if del[i] != nil {
+			if err := fw.conn.SetDeleteElements(del[i], []nftables.SetElement{{Key: kb}}); err != nil {
+				return err
+			}
+		}
 		if err := fw.queueDestroy(stale[i], kb); err != nil {
 			return err
 		}
@@ -148,8 +193,18 @@ func (fw *Firewall) register(batch []*openReq) {
 	fw.mu.Lock()
 	for _, r := range batch {
 		p := r.p
-		if cur := fw.entries[p.key]; cur != nil && fw.endLocked(cur, false) {
-			ended = append(ended, cur)
+		if cur := fw.entries[p.key]; cur != nil {
+			if cur == r.replaces && r.removes {
+				// The batch removed its key: no connection used it.
+				if fw.endLocked(cur, false) {
+					ended = append(ended, cur)
+				}
+			} else {
+				// Its key was gone: it was used (the conntrack event is
+				// on its way) or it expired. The event must not be taken
+				// for one of p.
+				fw.buryLocked(cur)
+			}
 		}
 		// The batch destroyed whatever older NAT data the key had.
 		delete(fw.natDirty, p.key)

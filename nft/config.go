@@ -96,7 +96,8 @@ type Config struct {
 	InterceptZone uint16
 	// OnPinholeEnd, if not nil, is called exactly once per pinhole when it
 	// ends: used is true when a connection consumed it, false when it expired,
-	// was closed, was replaced by an identical Open, or the Firewall closed.
+	// was closed, was replaced by an Open of the same key before any
+	// connection used it, or the Firewall closed.
 	// It is called without locks held, from an internal goroutine or from the
 	// goroutine calling Pinhole.Close / Open / Firewall.Close. It must not
 	// block and must not call Firewall.Close.

@@ -40,6 +40,12 @@ type Firewall struct {
 	mu      sync.Mutex
 	closed  bool
 	entries map[pinKey]*pinhole
+	// buried holds, oldest first, pinholes an Open replaced after a
+	// connection had used their key or it had expired, until their conntrack
+	// event or their expiry ends them: a NEW event of the key goes to the
+	// oldest of them first, not to the pinhole that replaced them. See
+	// buryLocked.
+	buried map[pinKey][]*pinhole
 	// dataConns maps conntrack IDs of admitted data connections to their
 	// flows until the entries are destroyed (for OnDataEnd); bounded.
 	dataConns map[uint32]proxy.Flow
@@ -97,7 +103,7 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}, dataConns: map[uint32]proxy.Flow{},
+	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}, buried: map[pinKey][]*pinhole{}, dataConns: map[uint32]proxy.Flow{},
 		natDirty: map[pinKey]struct{}{}, janitor: newJanitor()}
 	fw.conn, err = nftables.New(nftables.AsLasting(), nftables.WithSockOptions(sizeBuffers))
 	if err != nil {
@@ -221,6 +227,13 @@ func (fw *Firewall) close() error {
 		}
 		delete(fw.entries, k)
 	}
+	for _, q := range fw.buried {
+		for _, e := range slices.Clone(q) {
+			if fw.endLocked(e, false) {
+				ended = append(ended, e)
+			}
+		}
+	}
 	fw.mu.Unlock()
 
 	errs := []error{fw.removeTable()}
@@ -286,7 +299,8 @@ type pinhole struct {
 	timer   *time.Timer
 	expires time.Time // when the kernel drops the element if unused
 	ended   bool      // OnPinholeEnd was (or is about to be) called
-	revoked bool      // Close found the element gone; waiting for used/expired
+	revoked bool      // Close or a refresh found the element gone; waiting for used/expired
+	buried  bool      // in fw.buried
 	used    bool
 	done    chan struct{} // closed by endLocked, when ended is set
 }
@@ -298,8 +312,9 @@ func (p *pinhole) Done() <-chan struct{} { return p.done }
 
 // Open allows one TCP connection from f.Src to f.Dst for ttl. It returns after
 // the kernel acknowledged every element of the opening (one batch). An Open
-// for a key (Src, Dst) that is still outstanding replaces it (the earlier
-// Pinhole ends, unused), whether either is a NAT pinhole or not.
+// for a key (Src, Dst, Dst port) that is still outstanding replaces it,
+// whether either is a NAT pinhole or not: the earlier Pinhole ends unused, or
+// — if a connection used it already — when its conntrack event is read.
 //
 // With f.Target valid the connection is DNAT'ed to f.Target and, with f.SNAT
 // valid, source-NAT'ed to f.SNAT (any source port); f.Dst is then normally an
@@ -393,6 +408,14 @@ func (fw *Firewall) endLocked(e *pinhole, used bool) bool {
 	if fw.entries[e.key] == e {
 		delete(fw.entries, e.key)
 	}
+	if e.buried {
+		q := slices.DeleteFunc(fw.buried[e.key], func(b *pinhole) bool { return b == e })
+		if len(q) == 0 {
+			delete(fw.buried, e.key)
+		} else {
+			fw.buried[e.key] = q
+		}
+	}
 	if e.isNAT() {
 		// Whether used, expired or replaced, its DNAT/SNAT data may still
 		// be in the kernel (a successful Close says otherwise afterwards).
@@ -400,6 +423,33 @@ func (fw *Firewall) endLocked(e *pinhole, used bool) bool {
 		fw.janitor.add(e)
 	}
 	return true
+}
+
+// buryLocked sets aside e, an outstanding pinhole that an Open is replacing
+// although its one-shot key is gone from the kernel: a connection used it
+// (its conntrack NEW event may not have been read yet) or the kernel expired
+// it (its timer, expireGrace later, has not fired yet). The events of the
+// key arrive in the order the connections used the elements, so the next
+// NEW event of the key is e's if e was used; its timer ends it otherwise.
+// Left in fw.entries, that event would end the new pinhole as used while
+// its element is still live — its Close would then leave it in the kernel,
+// and the janitor would remove a NAT pinhole's data under it. An expired e
+// takes, within that grace second, the event of a connection that used the
+// new pinhole instead: the new one is then reported expired — a wrong count,
+// not a hole. fw.mu is held.
+func (fw *Firewall) buryLocked(e *pinhole) {
+	if e.ended || e.buried {
+		return
+	}
+	if !e.revoked {
+		e.revoked = true
+		fw.active--
+	}
+	if fw.entries[e.key] == e {
+		delete(fw.entries, e.key)
+	}
+	e.buried = true
+	fw.buried[e.key] = append(fw.buried[e.key], e)
 }
 
 // notify calls OnPinholeEnd for ended pinholes; no locks may be held.
@@ -432,7 +482,11 @@ func (p *pinhole) expire() {
 func (fw *Firewall) onConnNew(k pinKey, id uint32) {
 	fw.mu.Lock()
 	var ended []*pinhole
-	if e := fw.entries[k]; e != nil && fw.endLocked(e, true) {
+	e := fw.entries[k]
+	if q := fw.buried[k]; len(q) > 0 {
+		e = q[0] // see buryLocked
+	}
+	if e != nil && fw.endLocked(e, true) {
 		ended = append(ended, e)
 		if fw.cfg.OnDataEnd != nil && len(fw.dataConns) < maxDataConns {
 			fw.dataConns[id] = e.flow
