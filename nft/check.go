@@ -38,8 +38,9 @@ func (f Finding) String() string {
 const capNetAdmin = 12
 
 // Check inspects the network namespace of the calling thread: privileges,
-// nftables, kernel support for what New installs (probed in a throwaway
-// dormant table "inet ftpgate_check_<pid>" that is deleted again), conntrack
+// nftables, kernel support for what New installs for cfg (probed in a
+// throwaway dormant table "inet ftpgate_check_<pid>" that is deleted again;
+// the interception features only when cfg.Intercept is set), conntrack
 // events, and whether the host ruleset lets ftpgate's connections through.
 // It changes nothing else.
 func Check(cfg Config) []Finding {
@@ -149,24 +150,11 @@ func checkKernel(c *nftables.Conn, cfg Config) []Finding {
 	probe("one-shot pinholes (dynset delete on concatenated keys, nft_dynset)",
 		"use Linux >= 5.4 with CONFIG_NFT_DYNSET",
 		pinRuleExprs(cfg, &fam4, o.pins[&fam4]), pinRuleExprs(cfg, &fam6, o.pins[&fam6]))
-	probe("socket transparent (nft_socket)", "load nft_socket / enable CONFIG_NFT_SOCKET",
-		returnRuleExprs(cfg))
-	tp4, tp6 := cfg.TProxy4, cfg.TProxy6
-	if !tp4.IsValid() {
-		tp4 = DefaultTProxy4
+	if cfg.Intercept {
+		// Only transparent mode installs these: reverse mode runs on
+		// kernels without nft_socket, nft_tproxy, fib or zones.
+		out = append(out, checkInterception(c, cfg, o, probeIn)...)
 	}
-	if !tp6.IsValid() {
-		tp6 = DefaultTProxy6
-	}
-	probe("tproxy for forwarded connections (nft_tproxy, nft_fib_inet)", "load nft_tproxy and nft_fib_inet / enable CONFIG_NFT_TPROXY and CONFIG_NFT_FIB_INET",
-		tproxyRuleExprs(cfg, &fam4, o.ports, tp4), tproxyRuleExprs(cfg, &fam6, o.ports, tp6))
-	// The raw chains and their rules, in one batch.
-	c.AddChain(o.rawPre)
-	c.AddChain(o.rawOut)
-	c.AddRule(&nftables.Rule{Table: o.table, Chain: o.rawPre, Exprs: zoneRuleExprs(cfg, &fam4, o.ports, o.rawPre.Hooknum)})
-	out = append(out, probeIn(o.rawOut, "conntrack zones for intercepted connections (ct zone set in raw prerouting/output chains)",
-		"load nft_ct and nft_fib_inet and use a kernel with CONFIG_NF_CONNTRACK_ZONES; without zones transparent upstream connections can collide with intercepted ones",
-		zoneRuleExprs(cfg, &fam6, o.ports, o.rawOut.Hooknum)))
 
 	// Elements with a timeout, and destroying an element (used to refresh).
 	set := o.pins[&fam4]
@@ -199,6 +187,30 @@ func checkKernel(c *nftables.Conn, cfg Config) []Finding {
 		})
 	}
 	return out
+}
+
+// checkInterception probes what transparent mode adds, in the probe table of
+// checkKernel.
+func checkInterception(c *nftables.Conn, cfg Config, o *objects,
+	probeIn func(*nftables.Chain, string, string, ...[]expr.Any) Finding) []Finding {
+	out := []Finding{probeIn(o.chain, "socket transparent (nft_socket)", "load nft_socket / enable CONFIG_NFT_SOCKET",
+		returnRuleExprs(cfg))}
+	tp4, tp6 := cfg.TProxy4, cfg.TProxy6
+	if !tp4.IsValid() {
+		tp4 = DefaultTProxy4
+	}
+	if !tp6.IsValid() {
+		tp6 = DefaultTProxy6
+	}
+	out = append(out, probeIn(o.chain, "tproxy for forwarded connections (nft_tproxy, nft_fib_inet)", "load nft_tproxy and nft_fib_inet / enable CONFIG_NFT_TPROXY and CONFIG_NFT_FIB_INET",
+		tproxyRuleExprs(cfg, &fam4, o.ports, tp4), tproxyRuleExprs(cfg, &fam6, o.ports, tp6)))
+	// The raw chains and their rules, in one batch.
+	c.AddChain(o.rawPre)
+	c.AddChain(o.rawOut)
+	c.AddRule(&nftables.Rule{Table: o.table, Chain: o.rawPre, Exprs: zoneRuleExprs(cfg, &fam4, o.ports, o.rawPre.Hooknum)})
+	return append(out, probeIn(o.rawOut, "conntrack zones for intercepted connections (ct zone set in raw prerouting/output chains)",
+		"load nft_ct and nft_fib_inet and use a kernel with CONFIG_NF_CONNTRACK_ZONES; without zones transparent upstream connections can collide with intercepted ones",
+		zoneRuleExprs(cfg, &fam6, o.ports, o.rawOut.Hooknum)))
 }
 
 // checkNAT probes what NAT pinholes need, in the probe table of checkKernel.

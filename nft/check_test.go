@@ -18,20 +18,36 @@ func TestCheck(t *testing.T) {
 	requireRoot(t)
 	ns := newNS(t, "check")
 
-	// A clean namespace: everything supported, nothing to add.
-	out := findings(t, ns, Config{})
-	for _, f := range out {
-		if !f.OK {
-			t.Errorf("unexpected failed finding in a clean namespace: %v", f)
+	// A clean namespace: everything supported, nothing to add. Only
+	// transparent mode needs (and probes) the interception features.
+	interception := []string{"tproxy", "socket transparent", "conntrack zones"}
+	for _, c := range []struct {
+		cfg     Config
+		want    []string
+		notWant []string
+	}{
+		{Config{Intercept: true}, interception, nil},
+		{Config{}, nil, interception},
+	} {
+		out := findings(t, ns, c.cfg)
+		for _, f := range out {
+			if !f.OK {
+				t.Errorf("%+v: unexpected failed finding in a clean namespace: %v", c.cfg, f)
+			}
 		}
-	}
-	if !hasFinding(out, true, "no host chain drops forwarded traffic; nothing to add") {
-		t.Errorf("missing the nothing-to-add finding")
-	}
-	for _, want := range []string{"CAP_NET_ADMIN", "tproxy", "socket transparent", "dynset delete", "ct mark", "timeouts",
-		"conntrack zones", "nat chains", "NAT pinhole maps", "one-shot NAT pinholes", "SNAT of NAT pinholes", "NAT map elements"} {
-		if !hasFinding(out, true, want) {
-			t.Errorf("missing an OK finding about %q", want)
+		if !hasFinding(out, true, "no host chain drops forwarded traffic; nothing to add") {
+			t.Errorf("%+v: missing the nothing-to-add finding", c.cfg)
+		}
+		for _, want := range append([]string{"CAP_NET_ADMIN", "dynset delete", "ct mark", "timeouts",
+			"nat chains", "NAT pinhole maps", "one-shot NAT pinholes", "SNAT of NAT pinholes", "NAT map elements"}, c.want...) {
+			if !hasFinding(out, true, want) {
+				t.Errorf("%+v: missing an OK finding about %q", c.cfg, want)
+			}
+		}
+		for _, no := range c.notWant {
+			if hasFinding(out, true, no) || hasFinding(out, false, no) {
+				t.Errorf("%+v: a finding about %q, which this mode does not use", c.cfg, no)
+			}
 		}
 	}
 	if tables := ns.exec(t, "nft", "list", "tables"); strings.TrimSpace(tables) != "" {
@@ -56,7 +72,7 @@ table ip legacy {
 		drop
 	}
 }`)
-	out = findings(t, ns, Config{})
+	out := findings(t, ns, Config{})
 	want := Finding{
 		What: "table inet filter chain forward drops by default and does not accept ftpgate's ct mark",
 		Fix:  "add before its drops: ct mark & 0x100 == 0x100 accept",
