@@ -423,26 +423,33 @@ func isDropRule(r *nftables.Rule) bool {
 }
 
 // acceptsMark reports whether r accepts every connection carrying
-// ftpgate's ct mark: ct mark [& M] ==/!= D ... accept.
+// ftpgate's ct mark: ct mark [& M] ==/!= D ... accept (or iptables-nft's
+// -m connmark --mark M/K -j ACCEPT), where nothing else in the rule can stop
+// it from matching — no other condition (iifname, tcp dport, ct state, a
+// limit, ...), only loads, counters, logs and statements that set things.
+// A rule with other conditions accepts only some of ftpgate's connections.
 func acceptsMark(r *nftables.Rule, cfg Config) bool {
-	if len(r.Exprs) == 0 {
+	n := len(r.Exprs)
+	if n == 0 {
 		return false
 	}
-	if v, ok := r.Exprs[len(r.Exprs)-1].(*expr.Verdict); !ok || v.Kind != expr.VerdictAccept {
+	if v, ok := r.Exprs[n-1].(*expr.Verdict); !ok || v.Kind != expr.VerdictAccept {
 		return false
 	}
 	// Track which registers hold (ct mark & mask).
 	type val struct{ mask uint32 }
 	regs := map[uint32]val{}
-	for _, e := range r.Exprs {
+	matched := false
+	for _, e := range r.Exprs[:n-1] {
 		switch e := e.(type) {
+		case *expr.Counter, *expr.Log:
+			// Side effects only.
 		case *expr.Ct:
-			if e.SourceRegister {
-				continue
-			}
-			if e.Key == expr.CtKeyMARK {
+			switch {
+			case e.SourceRegister: // ct ... set: a side effect
+			case e.Key == expr.CtKeyMARK:
 				regs[e.Register] = val{mask: 0xffffffff}
-			} else {
+			default:
 				delete(regs, e.Register)
 			}
 		case *expr.Bitwise:
@@ -453,41 +460,61 @@ func acceptsMark(r *nftables.Rule, cfg Config) bool {
 			}
 			regs[e.DestRegister] = val{mask: v.mask & binaryutil.NativeEndian.Uint32(e.Mask)}
 		case *expr.Match:
-			// iptables-nft: -m connmark --mark M/K -j ACCEPT
-			if xtConnmarkAccepts(e, cfg) {
-				return true
+			// iptables-nft: -m connmark --mark M/K; any other match is a
+			// condition.
+			if !xtConnmarkAccepts(e, cfg) {
+				return false
 			}
+			matched = true
 		case *expr.Cmp:
 			v, ok := regs[e.Register]
-			if !ok || len(e.Data) != 4 {
-				continue
+			if !ok || len(e.Data) != 4 || !markPasses(e, v.mask, cfg) {
+				return false // a condition on something else, or one ftpgate's mark fails
 			}
-			d := binaryutil.NativeEndian.Uint32(e.Data)
-			m := v.mask
-			if m&^cfg.CTMask != 0 {
-				// Compares bits ftpgate does not set: tolerate a plain
-				// "ct mark == <mark>" (other bits are normally clear).
-				if e.Op == expr.CmpOpEq && d == cfg.CTMark {
-					return true
-				}
-				continue
-			}
-			switch e.Op {
-			case expr.CmpOpEq:
-				if d == cfg.CTMark&m {
-					return true
-				}
-			case expr.CmpOpNeq:
-				if d != cfg.CTMark&m {
-					return true
-				}
-			}
+			matched = true
 		default:
-			// Other loads may overwrite a register we track.
-			if reg, ok := destRegister(e); ok {
-				delete(regs, reg)
+			// A load (of something a later compare would test) is harmless
+			// in itself; anything else — lookups, ranges, limits, quotas,
+			// fib, socket — is a condition.
+			reg, ok := destRegister(e)
+			if !ok {
+				if !setsOnly(e) {
+					return false
+				}
+				continue
 			}
+			delete(regs, reg)
 		}
+	}
+	return matched
+}
+
+// markPasses reports whether every connection carrying ftpgate's mark passes
+// the compare c of (ct mark & mask).
+func markPasses(c *expr.Cmp, mask uint32, cfg Config) bool {
+	d := binaryutil.NativeEndian.Uint32(c.Data)
+	if mask&^cfg.CTMask != 0 {
+		// Compares bits ftpgate does not set: tolerate a plain
+		// "ct mark == <mark>" (other bits are normally clear).
+		return c.Op == expr.CmpOpEq && d == cfg.CTMark
+	}
+	switch c.Op {
+	case expr.CmpOpEq:
+		return d == cfg.CTMark&mask
+	case expr.CmpOpNeq:
+		return d != cfg.CTMark&mask
+	}
+	return false
+}
+
+// setsOnly reports whether e is a statement that sets something without
+// testing anything: meta ... set, payload ... set.
+func setsOnly(e expr.Any) bool {
+	switch e := e.(type) {
+	case *expr.Meta:
+		return e.SourceRegister
+	case *expr.Payload:
+		return e.OperationType == expr.PayloadWrite
 	}
 	return false
 }

@@ -124,6 +124,24 @@ table ip legacy {
 		t.Errorf("a ct mark rule for another bit was taken as accepting 0x200")
 	}
 
+	// Only a rule that accepts every marked connection counts, as nft
+	// compiles it (counters and logs are fine, other conditions are not).
+	for _, c := range []struct {
+		rule string
+		ok   bool
+	}{
+		{`iifname "lo" ct mark & 0x100 == 0x100 accept`, false},
+		{"ct mark & 0x100 == 0x100 tcp dport 22 accept", false},
+		{"ct mark & 0x100 == 0x100 limit rate 10/second accept", false},
+		{`counter ct mark & 0x100 == 0x100 counter log prefix "ftpgate " accept`, true},
+	} {
+		cns := newNS(t, "checkrule")
+		cns.nft(t, "table inet host {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy drop;\n\t\t"+c.rule+"\n\t}\n}")
+		if got := findings(t, cns, Config{}); !hasFinding(got, c.ok, "table inet host chain forward drops by default and") {
+			t.Errorf("the only rule %q: want a finding with OK=%v", c.rule, c.ok)
+		}
+	}
+
 	// Host rules that set conntrack zones are pointed out in transparent mode.
 	if hasFinding(findings(t, ns, Config{Intercept: true}), true, "conntrack zones:") {
 		t.Errorf("a zone finding without any zone rule")
