@@ -72,6 +72,8 @@ type Config struct {
 	// of transparent sockets; policy routing sends it to RouteTable (default 1).
 	FWMark uint32
 	// RouteTable holds the "local default dev lo" routes (default 100).
+	// Both must be ftpgate's alone: in transparent mode New refuses to start
+	// when a rule or route it did not tag (RouteProtocol) uses either.
 	RouteTable int
 	// InterceptZone is, in transparent mode, the conntrack zone of the
 	// control connections ftpgate intercepts — both halves: the clients'

@@ -4,15 +4,23 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
+// RouteProtocol tags the policy routing rule and route ftpgate installs
+// ("proto 70" in `ip rule` and `ip route` listings; 70 is unassigned in
+// iproute2's rt_protos). ftpgate deletes only rules and routes that carry
+// it, and anything else that uses its fwmark or route table makes it refuse
+// to start.
+const RouteProtocol = 70
+
 // routing is the fwmark policy routing tproxy needs:
 //
-//	ip rule add fwmark FWMark lookup RouteTable
-//	ip route replace local default dev lo table RouteTable
+//	ip rule add fwmark FWMark lookup RouteTable proto 70
+//	ip route add local default dev lo table RouteTable proto 70
 //
 // per intercepted family.
 type routing struct {
@@ -25,6 +33,7 @@ func fwmarkRule(cfg Config, family int) *netlink.Rule {
 	r.Family = family
 	r.Mark = cfg.FWMark
 	r.Table = cfg.RouteTable
+	r.Protocol = RouteProtocol
 	return r
 }
 
@@ -40,6 +49,7 @@ func localDefaultRoute(cfg Config, family, loIndex int) *netlink.Route {
 		Type:      unix.RTN_LOCAL,
 		Scope:     netlink.SCOPE_HOST,
 		Family:    family,
+		Protocol:  RouteProtocol,
 	}
 }
 
@@ -50,8 +60,11 @@ func familyName(family int) string {
 	return "-4"
 }
 
-// install adds the rules and routes, replacing identical leftovers of an
-// earlier run (which may have been killed before it could remove them).
+// install adds the rules and routes. It first looks at what the families'
+// policy routing holds: a rule or route of an earlier ftpgate that could not
+// remove them (killed) is deleted; anything else that uses the fwmark or the
+// route table is someone else's — the tproxy tutorials' values are ftpgate's
+// defaults — and install refuses, changing nothing.
 func (rt *routing) install(h *netlink.Handle, cfg Config) error {
 	lo, err := h.LinkByName("lo")
 	if err != nil {
@@ -64,10 +77,36 @@ func (rt *routing) install(h *netlink.Handle, cfg Config) error {
 	if cfg.interceptV6() {
 		fams = append(fams, netlink.FAMILY_V6)
 	}
+	var staleRules []netlink.Rule
+	var staleRoutes []netlink.Route
+	var conflicts []string
+	for _, fam := range fams {
+		sr, sro, c, err := inspectRouting(h, cfg, fam)
+		if err != nil {
+			return err
+		}
+		staleRules, staleRoutes, conflicts = append(staleRules, sr...), append(staleRoutes, sro...), append(conflicts, c...)
+	}
+	if len(conflicts) > 0 {
+		return fmt.Errorf("netlink: policy routing for tproxy: fwmark %#x or route table %d is in use:\n  %s\n— start ftpgate with a --fwmark and a --route-table nothing else uses (see `ip rule` and `ip route show table all`); if these were left by an ftpgate older than this version (untagged), delete them",
+			cfg.FWMark, cfg.RouteTable, strings.Join(conflicts, "\n  "))
+	}
+	for i := range staleRules {
+		r := &staleRules[i]
+		if err := h.RuleDel(r); err != nil && !errors.Is(err, unix.ENOENT) {
+			return wrap("netlink", fmt.Sprintf("ip %s rule del %s (left over from an earlier run)", familyName(r.Family), describeRule(*r)), err)
+		}
+	}
+	for i := range staleRoutes {
+		r := &staleRoutes[i]
+		if err := h.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			return wrap("netlink", fmt.Sprintf("ip %s route del %s (left over from an earlier run)", familyName(r.Family), describeRoute(*r, linkName(h, r.LinkIndex))), err)
+		}
+	}
 	for _, fam := range fams {
 		route := localDefaultRoute(cfg, fam, lo.Attrs().Index)
-		if err := h.RouteReplace(route); err != nil {
-			what := fmt.Sprintf("ip %s route replace local default dev lo table %d", familyName(fam), cfg.RouteTable)
+		if err := h.RouteAdd(route); err != nil {
+			what := fmt.Sprintf("ip %s route add local default dev lo table %d proto %d", familyName(fam), cfg.RouteTable, RouteProtocol)
 			if errors.Is(err, unix.ENETDOWN) {
 				return fmt.Errorf("netlink: %s: %w — bring lo up (ip link set lo up)", what, err)
 			}
@@ -76,49 +115,166 @@ func (rt *routing) install(h *netlink.Handle, cfg Config) error {
 		rt.routes = append(rt.routes, route)
 
 		rule := fwmarkRule(cfg, fam)
-		if err := deleteRules(h, rule); err != nil {
-			return err
-		}
-		if err := h.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
-			return wrap("netlink", fmt.Sprintf("ip %s rule add fwmark %#x lookup %d", familyName(fam), cfg.FWMark, cfg.RouteTable), err)
+		if err := h.RuleAdd(rule); err != nil {
+			return wrap("netlink", fmt.Sprintf("ip %s rule add fwmark %#x lookup %d proto %d", familyName(fam), cfg.FWMark, cfg.RouteTable, RouteProtocol), err)
 		}
 		rt.rules = append(rt.rules, rule)
 	}
 	return nil
 }
 
-// deleteRules removes existing rules identical to r (fwmark + table, no
-// other selector).
-func deleteRules(h *netlink.Handle, r *netlink.Rule) error {
-	existing, err := h.RuleListFiltered(r.Family, r, netlink.RT_FILTER_MARK|netlink.RT_FILTER_TABLE)
+// inspectRouting sorts the family's rules and the routes of cfg.RouteTable
+// into ftpgate's leftovers (tagged with RouteProtocol, as install adds them)
+// and conflicts (described for the error).
+func inspectRouting(h *netlink.Handle, cfg Config, fam int) (staleRules []netlink.Rule, staleRoutes []netlink.Route, conflicts []string, err error) {
+	rules, err := retryDump(func() ([]netlink.Rule, error) { return h.RuleList(fam) })
 	if err != nil {
-		return wrap("netlink", fmt.Sprintf("ip %s rule list", familyName(r.Family)), err)
+		return nil, nil, nil, wrap("netlink", fmt.Sprintf("ip %s rule list", familyName(fam)), err)
 	}
-	for i := range existing {
-		old := existing[i]
-		if old.Src != nil || old.Dst != nil || old.IifName != "" || old.OifName != "" || old.Invert ||
-			(old.Mask != nil && *old.Mask != 0xffffffff) {
+	for _, r := range rules {
+		r.Family = fam
+		switch {
+		case isOwnRule(r, cfg):
+			staleRules = append(staleRules, r)
+		case r.Table == cfg.RouteTable:
+			conflicts = append(conflicts, fmt.Sprintf("ip %s rule %s uses table %d", familyName(fam), describeRule(r), cfg.RouteTable))
+		case matchesMark(r, cfg.FWMark):
+			conflicts = append(conflicts, fmt.Sprintf("ip %s rule %s matches fwmark %#x", familyName(fam), describeRule(r), cfg.FWMark))
+		}
+	}
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(fam, &netlink.Route{Table: cfg.RouteTable}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, nil, nil, wrap("netlink", fmt.Sprintf("ip %s route show table %d", familyName(fam), cfg.RouteTable), err)
+	}
+	for _, r := range routes {
+		if r.Protocol == RouteProtocol {
+			staleRoutes = append(staleRoutes, r)
 			continue
 		}
-		old.Family = r.Family
-		if err := h.RuleDel(&old); err != nil && !errors.Is(err, unix.ENOENT) {
-			return wrap("netlink", fmt.Sprintf("ip %s rule del fwmark %#x lookup %d (left over from an earlier run)", familyName(r.Family), r.Mark, r.Table), err)
-		}
+		conflicts = append(conflicts, fmt.Sprintf("ip %s route %s is in table %d", familyName(fam), describeRoute(r, linkName(h, r.LinkIndex)), cfg.RouteTable))
 	}
-	return nil
+	return staleRules, staleRoutes, conflicts, nil
 }
 
-// remove deletes what install added; missing objects are not an error.
+// isOwnRule reports whether r is the rule install adds for cfg: tagged, with
+// the fwmark and the table and no other selector. A tagged rule for another
+// mark or table (another ftpgate in this namespace, or an earlier run with
+// other settings) is not deleted.
+func isOwnRule(r netlink.Rule, cfg Config) bool {
+	return r.Protocol == RouteProtocol && r.Mark == cfg.FWMark && r.Table == cfg.RouteTable &&
+		(r.Mask == nil || *r.Mask == 0xffffffff) && r.Src == nil && r.Dst == nil &&
+		r.IifName == "" && r.OifName == "" && !r.Invert
+}
+
+// matchesMark reports whether r selects packets carrying fwmark.
+func matchesMark(r netlink.Rule, fwmark uint32) bool {
+	if r.Mark == 0 && r.Mask == nil {
+		return false // no fwmark selector
+	}
+	mask := uint32(0xffffffff)
+	if r.Mask != nil {
+		mask = *r.Mask
+	}
+	return (fwmark&mask == r.Mark) != r.Invert
+}
+
+// describeRule writes r roughly as `ip rule` lists it.
+func describeRule(r netlink.Rule) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d:", r.Priority)
+	if r.Invert {
+		b.WriteString(" not")
+	}
+	if r.Src != nil {
+		fmt.Fprintf(&b, " from %s", r.Src)
+	} else {
+		b.WriteString(" from all")
+	}
+	if r.Dst != nil {
+		fmt.Fprintf(&b, " to %s", r.Dst)
+	}
+	if r.Mark != 0 || r.Mask != nil {
+		fmt.Fprintf(&b, " fwmark %#x", r.Mark)
+		if r.Mask != nil && *r.Mask != 0xffffffff {
+			fmt.Fprintf(&b, "/%#x", *r.Mask)
+		}
+	}
+	if r.IifName != "" {
+		fmt.Fprintf(&b, " iif %s", r.IifName)
+	}
+	if r.OifName != "" {
+		fmt.Fprintf(&b, " oif %s", r.OifName)
+	}
+	fmt.Fprintf(&b, " lookup %d", r.Table)
+	if r.Protocol != 0 {
+		fmt.Fprintf(&b, " proto %d", r.Protocol)
+	}
+	return b.String()
+}
+
+// describeRoute writes r, whose device is dev, roughly as
+// `ip route show table N` lists it.
+func describeRoute(r netlink.Route, dev string) string {
+	s := "default"
+	if r.Dst != nil {
+		if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+			s = r.Dst.String()
+		}
+	}
+	switch r.Type {
+	case unix.RTN_LOCAL:
+		s = "local " + s
+	case unix.RTN_BLACKHOLE:
+		s = "blackhole " + s
+	case unix.RTN_UNREACHABLE:
+		s = "unreachable " + s
+	}
+	if r.Gw != nil {
+		s += " via " + r.Gw.String()
+	}
+	if dev != "" {
+		s += " dev " + dev
+	}
+	return s + fmt.Sprintf(" table %d proto %d", r.Table, r.Protocol)
+}
+
+// linkName names interface index, for messages ("" for none).
+func linkName(h *netlink.Handle, index int) string {
+	if index <= 0 {
+		return ""
+	}
+	if l, err := h.LinkByIndex(index); err == nil {
+		return l.Attrs().Name
+	}
+	return fmt.Sprintf("#%d", index)
+}
+
+// retryDump repeats a netlink dump that a concurrent change interrupted.
+func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
+	var res []T
+	var err error
+	for range 3 {
+		if res, err = dump(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return res, err
+}
+
+// remove deletes what install added; missing objects are not an error. The
+// rule and route carry RouteProtocol, so the kernel deletes only ftpgate's.
 func (rt *routing) remove(h *netlink.Handle) error {
 	var errs []error
 	for _, r := range rt.rules {
 		if err := h.RuleDel(r); err != nil && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, wrap("netlink", fmt.Sprintf("ip %s rule del fwmark %#x lookup %d", familyName(r.Family), r.Mark, r.Table), err))
+			errs = append(errs, wrap("netlink", fmt.Sprintf("ip %s rule del fwmark %#x lookup %d proto %d", familyName(r.Family), r.Mark, r.Table, RouteProtocol), err))
 		}
 	}
 	for _, r := range rt.routes {
 		if err := h.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, wrap("netlink", fmt.Sprintf("ip %s route del local default table %d", familyName(r.Family), r.Table), err))
+			errs = append(errs, wrap("netlink", fmt.Sprintf("ip %s route del local default table %d proto %d", familyName(r.Family), r.Table, RouteProtocol), err))
 		}
 	}
 	rt.rules, rt.routes = nil, nil

@@ -133,13 +133,14 @@ func Ruleset(cfg Config) string {
 	if cfg.Intercept {
 		w("")
 		w("# policy routing for tproxy (installed with netlink, removed on exit):")
+		w("# (tagged proto %d; ftpgate refuses to start if anything else uses the fwmark or the table)", RouteProtocol)
 		if cfg.interceptV4() {
-			w("#   ip -4 rule add fwmark %#x lookup %d", cfg.FWMark, cfg.RouteTable)
-			w("#   ip -4 route replace local 0.0.0.0/0 dev lo table %d", cfg.RouteTable)
+			w("#   ip -4 rule add fwmark %#x lookup %d proto %d", cfg.FWMark, cfg.RouteTable, RouteProtocol)
+			w("#   ip -4 route add local 0.0.0.0/0 dev lo table %d proto %d", cfg.RouteTable, RouteProtocol)
 		}
 		if cfg.interceptV6() {
-			w("#   ip -6 rule add fwmark %#x lookup %d", cfg.FWMark, cfg.RouteTable)
-			w("#   ip -6 route replace local ::/0 dev lo table %d", cfg.RouteTable)
+			w("#   ip -6 rule add fwmark %#x lookup %d proto %d", cfg.FWMark, cfg.RouteTable, RouteProtocol)
+			w("#   ip -6 route add local ::/0 dev lo table %d proto %d", cfg.RouteTable, RouteProtocol)
 		}
 	}
 	w("")
