@@ -12,7 +12,8 @@ import (
 type openReq struct {
 	p    *pinhole
 	ttl  time.Duration
-	done chan error // capacity 1; receives the outcome once
+	done chan error // capacity 1; receives err once, after OnPinholeEnd of what it replaced
+	err  error      // the outcome, set by commitBatchLocked
 
 	// Set by queueOpens: replaces is the outstanding pinhole of the same key
 	// (an earlier opening of the batch or a committed pinhole), and removes
@@ -65,18 +66,29 @@ func (fw *Firewall) commitPending() {
 
 // commitBatch sends the openings of batch in one netlink batch. The batch is
 // atomic, so if the kernel refuses it each opening is retried on its own,
-// and only the failing ones fail.
+// and only the failing ones fail. OnPinholeEnd runs for the pinholes the
+// openings replaced after nlMu is released, and before the Opens return.
 func (fw *Firewall) commitBatch(batch []*openReq) {
 	fw.nlMu.Lock()
-	defer fw.nlMu.Unlock()
+	ended := fw.commitBatchLocked(batch)
+	fw.nlMu.Unlock()
+	fw.notify(ended)
+	for _, r := range batch {
+		r.done <- r.err
+	}
+}
+
+// commitBatchLocked commits batch, sets each opening's err and returns the
+// pinholes that ended. nlMu is held.
+func (fw *Firewall) commitBatchLocked(batch []*openReq) []*pinhole {
 	fw.mu.Lock()
 	closed := fw.closed
 	fw.mu.Unlock()
 	if closed {
 		for _, r := range batch {
-			r.done <- ErrClosed
+			r.err = ErrClosed
 		}
-		return
+		return nil
 	}
 
 	fw.batches.Add(1)
@@ -85,20 +97,20 @@ func (fw *Firewall) commitBatch(batch []*openReq) {
 		err = fw.conn.Flush()
 	}
 	if err == nil {
-		fw.register(batch)
-		return
+		return fw.register(batch)
 	}
 	if len(batch) == 1 {
-		fw.commitOne(batch[0], err)
-		return
+		return fw.commitOne(batch[0], err)
 	}
+	var ended []*pinhole
 	for _, r := range batch {
 		err := fw.queueOpens([]*openReq{r})
 		if err == nil {
 			err = fw.conn.Flush()
 		}
-		fw.commitOne(r, err)
+		ended = append(ended, fw.commitOne(r, err)...)
 	}
+	return ended
 }
 
 // commitOne finishes an opening committed on its own with outcome err. If
@@ -106,7 +118,7 @@ func (fw *Firewall) commitBatch(batch []*openReq) {
 // is gone (ENOENT: a connection used it, or it expired), it is committed
 // again without that deletion; register then keeps the replaced pinhole until
 // its conntrack event or its expiry says which. nlMu is held.
-func (fw *Firewall) commitOne(r *openReq, err error) {
+func (fw *Firewall) commitOne(r *openReq, err error) []*pinhole {
 	if errors.Is(err, unix.ENOENT) && r.replaces != nil && r.removes && !r.keyGone {
 		r.keyGone = true
 		err = fw.queueOpens([]*openReq{r})
@@ -115,10 +127,10 @@ func (fw *Firewall) commitOne(r *openReq, err error) {
 		}
 	}
 	if err != nil {
-		r.done <- wrap("nftables", "add pinhole "+r.p.flow.String()+" to "+r.p.setNames(), err)
-		return
+		r.err = wrap("nftables", "add pinhole "+r.p.flow.String()+" to "+r.p.setNames(), err)
+		return nil
 	}
-	fw.register([]*openReq{r})
+	return fw.register([]*openReq{r})
 }
 
 // queueOpens queues the netlink messages of the openings, in order (no
@@ -185,9 +197,9 @@ func (fw *Firewall) queueOpens(batch []*openReq) error {
 	return nil
 }
 
-// register records the committed openings, in order, ends the pinholes they
-// replace and answers their callers. nlMu is held.
-func (fw *Firewall) register(batch []*openReq) {
+// register records the committed openings, in order, and ends the pinholes
+// they replace; it returns those for OnPinholeEnd. nlMu is held.
+func (fw *Firewall) register(batch []*openReq) []*pinhole {
 	var ended []*pinhole
 	now := time.Now()
 	fw.mu.Lock()
@@ -215,9 +227,5 @@ func (fw *Firewall) register(batch []*openReq) {
 		p.timer = time.AfterFunc(r.ttl+expireGrace, p.expire)
 	}
 	fw.mu.Unlock()
-	// The pinholes an Open replaced have ended by the time it returns.
-	fw.notify(ended)
-	for _, r := range batch {
-		r.done <- nil
-	}
+	return ended
 }

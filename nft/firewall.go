@@ -515,13 +515,20 @@ func (fw *Firewall) onConnDestroy(id uint32, origBytes, replyBytes uint64) {
 
 // Close revokes the pinhole if it is still open. It is idempotent.
 func (p *pinhole) Close() error {
+	ended, err := p.close()
+	p.fw.notify(ended) // without nlMu
+	return err
+}
+
+// close does Close's work with nlMu held and returns what ended.
+func (p *pinhole) close() ([]*pinhole, error) {
 	fw := p.fw
 	fw.nlMu.Lock()
 	defer fw.nlMu.Unlock()
 	fw.mu.Lock()
 	if p.ended || p.revoked || fw.closed {
 		fw.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	fw.mu.Unlock()
 
@@ -577,6 +584,5 @@ func (p *pinhole) Close() error {
 			fw.mu.Unlock()
 		}
 	}
-	fw.notify(ended)
-	return err
+	return ended, err
 }

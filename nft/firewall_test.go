@@ -972,3 +972,68 @@ func sendRawTCP(t *testing.T, ns *testNS, src netip.Addr, dst netip.AddrPort, sp
 		}
 	})
 }
+
+// TestPinholeEndWithoutLocks: OnPinholeEnd runs without the Firewall's locks
+// held, whichever call ends the pinhole (replacing Open, Pinhole.Close, the
+// event handler, expiry, Firewall.Close): the hook takes them itself. Plain
+// pinholes only, so that no janitor holds a lock meanwhile.
+func TestPinholeEndWithoutLocks(t *testing.T) {
+	requireRoot(t)
+	leakCheck(t)
+	ns := newNS(t, "nolock")
+	var fw *Firewall
+	held := make(chan string, 16)
+	calls := make(chan struct{}, 16)
+	hook := func(f proxy.Flow, used bool) {
+		for name, l := range map[string]interface{ TryLock() bool }{"nlMu": &fw.nlMu, "mu": &fw.mu, "pendMu": &fw.pendMu} {
+			if !l.TryLock() {
+				held <- name
+				continue
+			}
+			l.(interface{ Unlock() }).Unlock()
+		}
+		calls <- struct{}{}
+	}
+	fw = newFirewall(t, ns, Config{OnPinholeEnd: hook})
+	ctx := context.Background()
+	f := flow("10.77.0.1", "10.77.0.2:5000")
+	k, _, _ := parseFlow(f)
+	wait := func(what string) {
+		t.Helper()
+		select {
+		case <-calls:
+		case <-time.After(3 * time.Second):
+			t.Fatalf("%s: OnPinholeEnd not called", what)
+		}
+		select {
+		case name := <-held:
+			t.Errorf("%s: OnPinholeEnd called with %s held", what, name)
+		default:
+		}
+	}
+	open := func(ttl time.Duration) proxy.Pinhole {
+		t.Helper()
+		p, err := fw.Open(ctx, f, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	open(time.Minute)
+	p := open(time.Minute)
+	wait("Open replacing a pinhole")
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wait("Pinhole.Close")
+	open(time.Minute)
+	fw.onConnNew(k, 1)
+	wait("conntrack event")
+	open(10 * time.Millisecond)
+	wait("expiry")
+	open(time.Minute)
+	if err := fw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wait("Firewall.Close")
+}
