@@ -92,10 +92,7 @@ func (fw *Firewall) commitBatchLocked(batch []*openReq) []*pinhole {
 	}
 
 	fw.batches.Add(1)
-	err := fw.queueOpens(batch)
-	if err == nil {
-		err = fw.conn.Flush()
-	}
+	err := fw.send(func() error { return fw.queueOpens(batch) })
 	if err == nil {
 		return fw.register(batch)
 	}
@@ -104,10 +101,7 @@ func (fw *Firewall) commitBatchLocked(batch []*openReq) []*pinhole {
 	}
 	var ended []*pinhole
 	for _, r := range batch {
-		err := fw.queueOpens([]*openReq{r})
-		if err == nil {
-			err = fw.conn.Flush()
-		}
+		err := fw.send(func() error { return fw.queueOpens([]*openReq{r}) })
 		ended = append(ended, fw.commitOne(r, err)...)
 	}
 	return ended
@@ -121,10 +115,7 @@ func (fw *Firewall) commitBatchLocked(batch []*openReq) []*pinhole {
 func (fw *Firewall) commitOne(r *openReq, err error) []*pinhole {
 	if errors.Is(err, unix.ENOENT) && r.replaces != nil && r.removes && !r.keyGone {
 		r.keyGone = true
-		err = fw.queueOpens([]*openReq{r})
-		if err == nil {
-			err = fw.conn.Flush()
-		}
+		err = fw.send(func() error { return fw.queueOpens([]*openReq{r}) })
 	}
 	if err != nil {
 		r.err = wrap("nftables", "add pinhole "+r.p.flow.String()+" to "+r.p.setNames(), err)
@@ -133,8 +124,8 @@ func (fw *Firewall) commitOne(r *openReq, err error) []*pinhole {
 	return fw.register([]*openReq{r})
 }
 
-// queueOpens queues the netlink messages of the openings, in order (no
-// Flush). For each it first removes what the kernel may hold for its key:
+// queueOpens queues the netlink messages of the openings, in order, for
+// send. For each it first removes what the kernel may hold for its key:
 //
 //   - the elements of the outstanding pinhole it replaces (refresh). If that
 //     pinhole was committed earlier and its key is not known to be gone, its

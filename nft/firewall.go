@@ -165,7 +165,31 @@ func sizeBuffers(c *netlink.Conn) error {
 	return c.SetReadBuffer(nlBuffer)
 }
 
-// install creates the owner table with everything in it in one batch.
+// send queues one netlink batch on fw.conn with queue and sends it. The
+// Conn buffers messages until a Flush, whoever calls it: a queueing call
+// that fails leaves what was queued before it in the buffer (and some of
+// them record the error, which the next Flush returns instead of sending).
+// send empties the buffer either way, so nothing of a failed batch goes out
+// with — or fails — the next caller's. nlMu is held.
+func (fw *Firewall) send(queue func() error) error {
+	if err := queue(); err != nil {
+		fw.discard()
+		return err
+	}
+	return fw.conn.Flush()
+}
+
+// discard empties fw.conn's buffer without sending it. google/nftables has
+// no call for that, but a Flush sends nothing and empties the buffer once a
+// queueing call has recorded an error — and updating an anonymous set
+// records one, before queueing anything.
+func (fw *Firewall) discard() {
+	_ = fw.conn.SetAddElements(&nftables.Set{Anonymous: true}, nil)
+	_ = fw.conn.Flush()
+}
+
+// install creates the owner table with everything in it in one batch. (No
+// other caller shares fw.conn yet, and a failure closes it.)
 func (fw *Firewall) install() error {
 	name := "inet " + fw.cfg.Table
 	existing, err := fw.conn.ListTableOfFamily(fw.cfg.Table, nftables.TableFamilyINet)
@@ -535,13 +559,12 @@ func (p *pinhole) close() ([]*pinhole, error) {
 	// Deleting (not destroying) the one-shot key tells whether it was still
 	// there; a NAT pinhole's data goes in the same batch.
 	kb := p.keyBytes()
-	err := fw.conn.SetDeleteElements(p.sets()[0], []nftables.SetElement{{Key: kb}})
-	if err == nil {
-		err = fw.queueDestroy(p.sets()[1:], kb)
-	}
-	if err == nil {
-		err = fw.conn.Flush()
-	}
+	err := fw.send(func() error {
+		if err := fw.conn.SetDeleteElements(p.sets()[0], []nftables.SetElement{{Key: kb}}); err != nil {
+			return err
+		}
+		return fw.queueDestroy(p.sets()[1:], kb)
+	})
 	fw.mu.Lock()
 	var ended []*pinhole
 	cleanup := false
@@ -570,10 +593,7 @@ func (p *pinhole) close() ([]*pinhole, error) {
 	}
 	fw.mu.Unlock()
 	if cleanup {
-		err = fw.queueDestroy(p.sets()[1:], kb)
-		if err == nil {
-			err = fw.conn.Flush()
-		}
+		err = fw.send(func() error { return fw.queueDestroy(p.sets()[1:], kb) })
 		if err != nil {
 			err = wrap("nftables", "remove the NAT data of pinhole "+p.flow.String(), err)
 		} else {

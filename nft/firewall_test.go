@@ -1037,3 +1037,55 @@ func TestPinholeEndWithoutLocks(t *testing.T) {
 	}
 	wait("Firewall.Close")
 }
+
+// TestFailedBatchSendsNothing: a batch whose queueing fails sends nothing,
+// neither itself nor with the next batch on the shared netlink socket — for
+// an error of the caller's and for one google/nftables records.
+func TestFailedBatchSendsNothing(t *testing.T) {
+	requireRoot(t)
+	leakCheck(t)
+	ns := newNS(t, "send")
+	fw := newFirewall(t, ns, Config{})
+	ctx := context.Background()
+	f := flow("10.77.0.1", "10.77.0.2:5000")
+	if _, err := fw.Open(ctx, f, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	fa, key := keyOf(f)
+	for _, c := range []struct {
+		name string
+		fail func() error // after queueing the destruction of f's element
+	}{
+		{"caller's error", func() error { return errors.New("injected") }},
+		{"recorded by google/nftables", func() error {
+			return fw.conn.SetDeleteElements(&nftables.Set{Name: "anon", Anonymous: true}, nil)
+		}},
+	} {
+		fw.nlMu.Lock()
+		err := fw.send(func() error {
+			if err := fw.conn.SetDestroyElements(fw.obj.pins[fa], []nftables.SetElement{{Key: []byte(key)}}); err != nil {
+				return err
+			}
+			return c.fail()
+		})
+		fw.nlMu.Unlock()
+		if err == nil {
+			t.Fatalf("%s: send succeeded", c.name)
+		}
+		if _, ok := pinElement(t, ns, fa, key); !ok {
+			t.Fatalf("%s: the failed batch was sent", c.name)
+		}
+		// The next batch carries only its own messages, and works.
+		other := flow("10.77.0.9", "10.77.0.2:5000")
+		p, err := fw.Open(ctx, other, time.Minute)
+		if err != nil {
+			t.Fatalf("%s: the next batch failed: %v", c.name, err)
+		}
+		if _, ok := pinElement(t, ns, fa, key); !ok {
+			t.Fatalf("%s: the failed batch went out with the next one", c.name)
+		}
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

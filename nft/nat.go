@@ -109,7 +109,7 @@ func appendNew(s []*nftables.Set, add ...*nftables.Set) []*nftables.Set {
 	return s
 }
 
-// queueDestroy queues the destruction of key in every set (no Flush). The
+// queueDestroy queues the destruction of key in every set, for send. The
 // kernel ignores missing elements (NFT_MSG_DESTROYSETELEM, Linux >= 6.3).
 func (fw *Firewall) queueDestroy(sets []*nftables.Set, key []byte) error {
 	for _, s := range sets {
@@ -190,36 +190,33 @@ func (fw *Firewall) removeNATData(q []*pinhole) {
 		fw.mu.Unlock()
 		return
 	}
-	var queued []*pinhole
-	var err error
+	var todo []*pinhole
 	for _, p := range q {
-		if _, dirty := fw.natDirty[p.key]; !dirty || fw.entries[p.key] != nil {
-			continue
+		if _, dirty := fw.natDirty[p.key]; dirty && fw.entries[p.key] == nil {
+			todo = append(todo, p)
 		}
-		if err = fw.queueDestroy(p.sets()[1:], p.keyBytes()); err != nil {
-			break
-		}
-		queued = append(queued, p)
 	}
 	fw.mu.Unlock()
-	if len(queued) == 0 && err == nil {
+	if len(todo) == 0 {
 		return
 	}
-	// After a queueing error, send what was queued (destroys only) anyway.
-	ferr := fw.conn.Flush()
-	if ferr != nil && err == nil {
-		err = ferr
-	}
-	if ferr == nil {
-		// nlMu is held: no Open registered a newer pinhole meanwhile.
-		fw.mu.Lock()
-		for _, p := range queued {
-			delete(fw.natDirty, p.key)
+	err := fw.send(func() error {
+		for _, p := range todo {
+			if err := fw.queueDestroy(p.sets()[1:], p.keyBytes()); err != nil {
+				return err
+			}
 		}
-		fw.mu.Unlock()
-	}
+		return nil
+	})
 	if err != nil {
 		fw.log.Warn("nft: cannot remove the NAT data of used pinholes; the kernel expires it with the pinholes' ttl",
-			"pinholes", len(q), "err", wrap("nftables", "delete dnat/snat map elements", err))
+			"pinholes", len(todo), "err", wrap("nftables", "delete dnat/snat map elements", err))
+		return
 	}
+	// nlMu is held: no Open registered a newer pinhole meanwhile.
+	fw.mu.Lock()
+	for _, p := range todo {
+		delete(fw.natDirty, p.key)
+	}
+	fw.mu.Unlock()
 }
