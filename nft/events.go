@@ -30,33 +30,44 @@ const (
 // gateway's unrelated connections — including every intercepted control
 // connection — cost ftpgate no wakeup and no decoding.
 type ctEvents struct {
-	conn      *netlink.Conn
-	rc        syscall.RawConn
-	buf       []byte // one datagram of events
-	n         int    // recvfrom's result and error, set by readFn
-	errno     syscall.Errno
-	readFn    func(fd uintptr) bool
-	filtered  bool // the kernel filters by mark (else only userspace does)
-	mark      uint32
-	mask      uint32
-	onNew     func(k pinKey, id uint32)
+	conn     *netlink.Conn
+	rc       syscall.RawConn
+	buf      []byte // one datagram of events
+	n        int    // recvfrom's result and error, set by readFn
+	errno    syscall.Errno
+	readFn   func(fd uintptr) bool
+	filtered bool // the kernel filters by mark (else only userspace does)
+	mark     uint32
+	mask     uint32
+	ctHandlers
+	lost     atomic.Uint64 // times the kernel dropped events (ENOBUFS)
+	stopping atomic.Bool
+	done     sync.WaitGroup
+}
+
+// ctHandlers are what the listener calls, all from its goroutine.
+type ctHandlers struct {
+	// onNew: a new TCP connection whose ct mark is mark under mask.
+	onNew func(k pinKey, id uint32)
+	// onDestroy (if not nil): such a connection's entry went, with the
+	// kernel's byte counters (when accounting is on).
 	onDestroy func(id uint32, origBytes, replyBytes uint64)
-	onErr     func(error)
-	stopping  atomic.Bool
-	done      sync.WaitGroup
+	// onLost: the kernel dropped events because the socket's buffer was
+	// full; lost counts such overruns so far. The listener goes on.
+	onLost func(lost uint64)
+	// onErr: an event could not be read (the listener goes on), or, with
+	// stopped, the listener ended.
+	onErr func(err error, stopped bool)
 }
 
 // startCTEvents opens the conntrack event socket in the calling thread's
-// namespace. onNew is called for every new TCP connection whose ct mark is
-// mark under mask; onDestroy (if not nil) when such a connection's entry
-// goes, with the kernel's byte counters (when accounting is on); onErr for
-// listener errors, after which it keeps listening.
-func startCTEvents(mark, mask uint32, onNew func(pinKey, uint32), onDestroy func(uint32, uint64, uint64), onErr func(error)) (*ctEvents, error) {
+// namespace and reads it until stop, calling h.
+func startCTEvents(mark, mask uint32, h ctHandlers) (*ctEvents, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return nil, wrap("conntrack", "open netlink socket", err)
 	}
-	ev := &ctEvents{conn: c, mark: mark, mask: mask, onNew: onNew, onDestroy: onDestroy, onErr: onErr, buf: make([]byte, ctDatagramSize)}
+	ev := &ctEvents{conn: c, mark: mark, mask: mask, ctHandlers: h, buf: make([]byte, ctDatagramSize)}
 	ev.readFn = ev.recv
 	if err := ev.setup(); err != nil {
 		_ = c.Close()
@@ -74,13 +85,11 @@ func (ev *ctEvents) setup() error {
 	}
 	ev.rc = rc
 	// A burst of connections must not overflow the socket: ask for a large
-	// buffer and for no ENOBUFS errors (a lost event only makes a used
-	// pinhole look expired).
+	// buffer. If it overflows all the same, the kernel drops events and
+	// says so once (ENOBUFS, left on: a lost event makes a used pinhole look
+	// expired, which should be visible), and the listener reads on.
 	if err := ev.conn.SetReadBuffer(ctReadBuffer); err != nil {
 		return wrap("conntrack", "set receive buffer", err)
-	}
-	if err := ev.conn.SetOption(netlink.NoENOBUFS, true); err != nil {
-		return wrap("conntrack", "set NETLINK_NO_ENOBUFS", err)
 	}
 	// The filter goes on before joining, so no unfiltered event is queued.
 	// Without it (it cannot fail on a kernel ftpgate runs on, but if it
@@ -136,9 +145,9 @@ func (ev *ctEvents) run() {
 			return
 		}
 		if err != nil {
-			// With NETLINK_NO_ENOBUFS the socket has no transient errors;
-			// anything else is reported once and ends the listener.
-			ev.onErr(fmt.Errorf("conntrack event listener: %w", err))
+			// receive goes on after lost events; anything else it returns
+			// ends the listener.
+			ev.onErr(fmt.Errorf("conntrack event listener: %w", err), true)
 			return
 		}
 		for _, m := range msgs {
@@ -169,16 +178,19 @@ func (ev *ctEvents) receive() ([]syscall.NetlinkMessage, error) {
 		}
 		switch {
 		case ev.errno == unix.ENOBUFS:
-			continue // cannot happen with NETLINK_NO_ENOBUFS; an event was lost
+			// The socket's buffer overflowed and the kernel dropped events;
+			// the ones after it are there to read.
+			ev.onLost(ev.lost.Add(1))
+			continue
 		case ev.errno != 0:
 			return nil, os.NewSyscallError("recvfrom", ev.errno)
 		case ev.n > len(ev.buf):
-			ev.onErr(fmt.Errorf("conntrack event listener: a %d-byte datagram does not fit the %d-byte buffer: skipped", ev.n, len(ev.buf)))
+			ev.onErr(fmt.Errorf("conntrack event listener: a %d-byte datagram does not fit the %d-byte buffer: skipped", ev.n, len(ev.buf)), false)
 			continue
 		}
 		msgs, err := syscall.ParseNetlinkMessage(ev.buf[:ev.n])
 		if err != nil {
-			ev.onErr(fmt.Errorf("conntrack event listener: %w", err))
+			ev.onErr(fmt.Errorf("conntrack event listener: %w", err), false)
 			continue
 		}
 		return msgs, nil
@@ -187,21 +199,27 @@ func (ev *ctEvents) receive() ([]syscall.NetlinkMessage, error) {
 
 // recv is the raw read for rc.Read: false means "not ready, wait in the
 // poller". MSG_TRUNC makes it return a datagram's full length even when the
-// buffer is shorter.
+// buffer is shorter. An interrupted call is repeated at once: the poller is
+// edge-triggered and would not wake again for what is already queued.
 func (ev *ctEvents) recv(fd uintptr) bool {
-	r, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&ev.buf[0])), uintptr(len(ev.buf)),
-		unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
-	if e == unix.EAGAIN || e == unix.EINTR {
-		return false
+	for {
+		r, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&ev.buf[0])), uintptr(len(ev.buf)),
+			unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		ev.n, ev.errno = int(r), e
+		return true
 	}
-	ev.n, ev.errno = int(r), e
-	return true
 }
 
 func (ev *ctEvents) handle(m netlink.Message) {
 	var e conntrack.Event
 	if err := e.Unmarshal(m); err != nil {
-		ev.onErr(fmt.Errorf("conntrack event: %w", err))
+		ev.onErr(fmt.Errorf("conntrack event: %w", err), false)
 		return
 	}
 	if e.Flow == nil {

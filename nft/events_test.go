@@ -1,9 +1,12 @@
 package nft
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"os"
+	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -118,5 +121,75 @@ func TestEventsFilterAttached(t *testing.T) {
 		if err := fw.Close(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// fakeRawConn runs the read function at once, as if the socket were ready.
+type fakeRawConn struct{ syscall.RawConn }
+
+func (fakeRawConn) Read(f func(uintptr) bool) error {
+	for !f(0) {
+	}
+	return nil
+}
+
+// TestEventsReceiveErrors: lost events (ENOBUFS) are counted and reading
+// goes on; any other receive error ends the listener, reported once as
+// stopped.
+func TestEventsReceiveErrors(t *testing.T) {
+	noop := make([]byte, unix.NLMSG_HDRLEN) // one empty netlink message
+	binary.NativeEndian.PutUint32(noop[0:4], unix.NLMSG_HDRLEN)
+	binary.NativeEndian.PutUint16(noop[4:6], unix.NLMSG_NOOP)
+	type read struct {
+		errno syscall.Errno
+		data  []byte
+	}
+	for _, c := range []struct {
+		name      string
+		reads     []read
+		wantLost  []uint64 // onLost calls
+		wantMsgs  int      // messages handed to handle
+		wantFatal bool     // onErr(stopped) called
+	}{
+		{"lost events, then events, then a fatal error",
+			[]read{{errno: unix.ENOBUFS}, {data: noop}, {errno: unix.ENOBUFS}, {errno: unix.ENOBUFS}, {data: noop}, {errno: unix.EBADF}},
+			[]uint64{1, 2, 3}, 2, true},
+		{"a fatal error at once", []read{{errno: unix.ENOTSOCK}}, nil, 0, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var lost []uint64
+			var msgs, fatal int
+			ev := &ctEvents{rc: fakeRawConn{}, buf: make([]byte, 64), ctHandlers: ctHandlers{
+				onLost: func(n uint64) { lost = append(lost, n) },
+				onErr: func(err error, stopped bool) {
+					if !stopped {
+						msgs++ // the NOOP message is no conntrack event
+						return
+					}
+					fatal++
+				},
+			}}
+			i := 0
+			ev.readFn = func(uintptr) bool {
+				if i == len(c.reads) {
+					t.Fatal("read after the listener should have stopped")
+				}
+				r := c.reads[i]
+				i++
+				ev.errno, ev.n = r.errno, copy(ev.buf, r.data)
+				return true
+			}
+			ev.done.Add(1)
+			ev.run()
+			if !slices.Equal(lost, c.wantLost) {
+				t.Errorf("onLost calls %v, want %v", lost, c.wantLost)
+			}
+			if got := ev.lost.Load(); got != uint64(len(c.wantLost)) {
+				t.Errorf("lost = %d, want %d", got, len(c.wantLost))
+			}
+			if msgs != c.wantMsgs || (fatal == 1) != c.wantFatal || fatal > 1 {
+				t.Errorf("%d messages handled and %d stops, want %d and stopped=%v", msgs, fatal, c.wantMsgs, c.wantFatal)
+			}
+		})
 	}
 }

@@ -65,8 +65,9 @@ type Firewall struct {
 	committing bool
 	batches    atomic.Uint64 // netlink batches that carried openings
 
-	events  *ctEvents // nil when the conntrack listener could not start
-	janitor janitor   // removes the NAT data of ended NAT pinholes
+	events     *ctEvents // nil when the conntrack listener could not start
+	lostLogged time.Time // when onEventsLost last logged (listener goroutine only)
+	janitor    janitor   // removes the NAT data of ended NAT pinholes
 
 	// ctq queries conntrack (SourceAddress); nil if it could not be opened,
 	// with ctqErr saying why. ctqMu guards its use and closing.
@@ -126,13 +127,11 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 			return nil, err
 		}
 	}
-	var onDestroy func(uint32, uint64, uint64)
+	h := ctHandlers{onNew: fw.onConnNew, onLost: fw.onEventsLost, onErr: fw.onEventsErr}
 	if cfg.OnDataEnd != nil {
-		onDestroy = fw.onConnDestroy
+		h.onDestroy = fw.onConnDestroy
 	}
-	fw.events, err = startCTEvents(cfg.CTMark, cfg.CTMask, fw.onConnNew, onDestroy, func(err error) {
-		log.Warn("nft: conntrack events lost; pinholes used from now on may be reported as expired", "err", err)
-	})
+	fw.events, err = startCTEvents(cfg.CTMark, cfg.CTMask, h)
 	if err != nil {
 		log.Warn("nft: cannot watch conntrack events; pinholes will be reported as expired even when used",
 			"err", err)
@@ -520,6 +519,38 @@ func (fw *Firewall) onConnNew(k pinKey, id uint32) {
 	}
 	fw.mu.Unlock()
 	fw.notify(ended)
+}
+
+// lostLogEvery is how often, at most, lost conntrack events are logged.
+const lostLogEvery = time.Minute
+
+// onEventsLost logs, at most every lostLogEvery, that the kernel dropped
+// conntrack events.
+func (fw *Firewall) onEventsLost(lost uint64) {
+	now := time.Now()
+	if now.Sub(fw.lostLogged) < lostLogEvery {
+		return // only the listener's goroutine gets here
+	}
+	fw.lostLogged = now
+	fw.log.Warn("nft: conntrack events lost: ftpgate did not read them as fast as they came and the event socket's buffer filled up; pinholes used meanwhile are reported as expired and their data connections are not counted — if it recurs, give ftpgate more CPU time (--procs, --rt-priority)",
+		"overruns_total", lost)
+}
+
+func (fw *Firewall) onEventsErr(err error, stopped bool) {
+	if stopped {
+		fw.log.Error("nft: conntrack event listener stopped; pinholes used from now on are reported as expired and data connections are not counted — restart ftpgate", "err", err)
+		return
+	}
+	fw.log.Warn("nft: conntrack event skipped", "err", err)
+}
+
+// LostEvents returns how many times the kernel dropped conntrack events
+// because the listener's socket buffer was full (0 without a listener).
+func (fw *Firewall) LostEvents() uint64 {
+	if fw.events == nil {
+		return 0
+	}
+	return fw.events.lost.Load()
 }
 
 // maxDataConns bounds the data connections followed until their conntrack
