@@ -26,9 +26,11 @@ const (
 
 // ctEvents watches conntrack events of the namespace it was started in and
 // reports new (and, if asked, destroyed) TCP connections carrying ftpgate's
-// ct mark. A socket filter in the kernel drops every other event, so a busy
-// gateway's unrelated connections — including every intercepted control
-// connection — cost ftpgate no wakeup and no decoding.
+// ct mark, outside the conntrack zone of intercepted connections. A socket
+// filter in the kernel drops every other event, so a busy gateway's
+// unrelated connections cost ftpgate no wakeup and no decoding — nor do the
+// intercepted control connections, which carry the mark too (the tproxy rule
+// admits them) but are in Config.InterceptZone.
 type ctEvents struct {
 	conn     *netlink.Conn
 	rc       syscall.RawConn
@@ -36,9 +38,10 @@ type ctEvents struct {
 	n        int    // recvfrom's result and error, set by readFn
 	errno    syscall.Errno
 	readFn   func(fd uintptr) bool
-	filtered bool // the kernel filters by mark (else only userspace does)
+	filtered bool // the kernel filters (else only userspace does)
 	mark     uint32
 	mask     uint32
+	zone     uint16 // events of this zone are dropped; 0: none
 	ctHandlers
 	lost     atomic.Uint64 // times the kernel dropped events (ENOBUFS)
 	stopping atomic.Bool
@@ -62,12 +65,12 @@ type ctHandlers struct {
 
 // startCTEvents opens the conntrack event socket in the calling thread's
 // namespace and reads it until stop, calling h.
-func startCTEvents(mark, mask uint32, h ctHandlers) (*ctEvents, error) {
+func startCTEvents(mark, mask uint32, zone uint16, h ctHandlers) (*ctEvents, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return nil, wrap("conntrack", "open netlink socket", err)
 	}
-	ev := &ctEvents{conn: c, mark: mark, mask: mask, ctHandlers: h, buf: make([]byte, ctDatagramSize)}
+	ev := &ctEvents{conn: c, mark: mark, mask: mask, zone: zone, ctHandlers: h, buf: make([]byte, ctDatagramSize)}
 	ev.readFn = ev.recv
 	if err := ev.setup(); err != nil {
 		_ = c.Close()
@@ -94,7 +97,7 @@ func (ev *ctEvents) setup() error {
 	// The filter goes on before joining, so no unfiltered event is queued.
 	// Without it (it cannot fail on a kernel ftpgate runs on, but if it
 	// did) the events are filtered below, only at a higher cost.
-	if prog, err := markFilter(ev.mark, ev.mask); err == nil && ev.conn.SetBPF(prog) == nil {
+	if prog, err := markFilter(ev.mark, ev.mask, ev.zone); err == nil && ev.conn.SetBPF(prog) == nil {
 		ev.filtered = true
 	}
 	groups := []uint32{groupCTNew}
@@ -112,25 +115,43 @@ func (ev *ctEvents) setup() error {
 // Attribute layout of a ctnetlink event (linux/netfilter/nfnetlink_conntrack.h).
 const (
 	ctaMark      = 8                     // CTA_MARK, a big-endian u32
+	ctaZone      = 18                    // CTA_ZONE, a big-endian u16; absent for zone 0
 	ctAttrOffset = unix.NLMSG_HDRLEN + 4 // first attribute: after nlmsghdr and the 4-byte nfgenmsg
 )
 
 // markFilter is a socket filter accepting ctnetlink events whose CTA_MARK
-// attribute, masked, equals mark; events without one (mark 0) are dropped.
-func markFilter(mark, mask uint32) ([]bpf.RawInstruction, error) {
-	return bpf.Assemble([]bpf.Instruction{
+// attribute, masked, equals mark; events without one (mark 0) are dropped,
+// and so are, if zone is not 0, events of entries in that zone.
+func markFilter(mark, mask uint32, zone uint16) ([]bpf.RawInstruction, error) {
+	var zoneTest []bpf.Instruction
+	if zone != 0 {
+		zoneTest = []bpf.Instruction{
+			bpf.LoadConstant{Dst: bpf.RegA, Val: ctAttrOffset},
+			bpf.LoadConstant{Dst: bpf.RegX, Val: ctaZone},
+			bpf.LoadExtension{Num: bpf.ExtNetlinkAttr},
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 3}, // zone 0: accept
+			bpf.TAX{},
+			bpf.LoadIndirect{Off: 4, Size: 2},
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(zone), SkipTrue: 1}, // drop
+		}
+	}
+	n := uint8(len(zoneTest))
+	prog := []bpf.Instruction{
 		bpf.LoadConstant{Dst: bpf.RegA, Val: ctAttrOffset},
 		bpf.LoadConstant{Dst: bpf.RegX, Val: ctaMark},
 		// A = offset of the first attribute of type X at or after A, or 0.
 		bpf.LoadExtension{Num: bpf.ExtNetlinkAttr},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 4},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 0, SkipTrue: 5 + n}, // drop
 		bpf.TAX{},
 		bpf.LoadIndirect{Off: 4, Size: 4}, // the value, after the 4-byte nlattr header
 		bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: mask},
-		bpf.JumpIf{Cond: bpf.JumpEqual, Val: mark & mask, SkipTrue: 1},
-		bpf.RetConstant{Val: 0},
-		bpf.RetConstant{Val: 0xffffffff},
-	})
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: mark & mask, SkipFalse: 1 + n}, // drop
+	}
+	prog = append(prog, zoneTest...)
+	return bpf.Assemble(append(prog,
+		bpf.RetConstant{Val: 0xffffffff}, // accept
+		bpf.RetConstant{Val: 0},          // drop
+	))
 }
 
 // ctDatagramSize bounds one read: the kernel sends each event as a datagram
@@ -226,7 +247,7 @@ func (ev *ctEvents) handle(m netlink.Message) {
 		return
 	}
 	t := e.Flow.TupleOrig
-	if t.Proto.Protocol != unix.IPPROTO_TCP || e.Flow.Mark&ev.mask != ev.mark&ev.mask {
+	if t.Proto.Protocol != unix.IPPROTO_TCP || e.Flow.Mark&ev.mask != ev.mark&ev.mask || (ev.zone != 0 && e.Flow.Zone == ev.zone) {
 		return
 	}
 	switch e.Type {

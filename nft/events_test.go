@@ -3,6 +3,7 @@ package nft
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"slices"
@@ -21,83 +22,107 @@ import (
 // attached in the kernel, passes exactly the events of entries whose ct mark
 // carries ftpgate's mark under its mask; entries without a mark, with other
 // bits under the mask, or with only bits outside it never reach userspace.
+// With a zone (transparent mode: that of intercepted connections) the events
+// of marked entries in that zone are dropped too, those of other zones not.
 func TestEventsMarkFilter(t *testing.T) {
 	requireRoot(t)
-	ns := newNS(t, "evfilt")
-	const mark, mask = 0x4600, 0xff00
-	var (
-		ev  *netlink.Conn
-		ctc *conntrack.Conn
-		err error
-	)
-	ns.do(t, func() {
-		ev, err = netlink.Dial(unix.NETLINK_NETFILTER, nil)
-		if err != nil {
-			return
-		}
-		ctc, err = conntrack.Dial(nil)
-	})
-	if err != nil {
-		t.Fatal(err)
+	const mark, mask, zone = 0x4600, 0xff00, 0x4654
+	type entry struct {
+		mark uint32
+		zone uint16
 	}
-	defer ev.Close()
-	defer ctc.Close()
-	prog, err := markFilter(mark, mask)
-	if err != nil {
-		t.Fatal(err)
+	entries := map[uint16]entry{ // by source port
+		1000: {0, 0},
+		1001: {mark, 0},
+		1002: {mark | 0xff, 0},       // other bits outside the mask: ours
+		1003: {0x4700, 0},            // other bits under the mask
+		1004: {0xffff00ff, 0},        // only bits outside the mask
+		1005: {0x12340000 | mark, 0}, // ours again
+		1006: {mark, zone},           // ours, but an intercepted connection
+		1007: {mark, 7},              // ours, in another zone
+		1008: {0x4700, zone},
 	}
-	if err := ev.SetBPF(prog); err != nil {
-		t.Fatalf("attach filter: %v", err)
-	}
-	if err := ev.JoinGroup(groupCTNew); err != nil {
-		t.Fatal(err)
-	}
-
-	src, dst := netip.MustParseAddr("10.77.3.1"), netip.MustParseAddr("10.77.3.2")
-	marks := map[uint16]uint32{ // source port -> ct mark
-		1000: 0,
-		1001: mark,
-		1002: mark | 0xff,       // other bits outside the mask: ours
-		1003: 0x4700,            // other bits under the mask
-		1004: 0xffff00ff,        // only bits outside the mask
-		1005: 0x12340000 | mark, // ours again
-	}
-	want := map[uint16]bool{1001: true, 1002: true, 1005: true}
-	for port := uint16(1000); port <= 1005; port++ {
-		f := conntrack.NewFlow(unix.IPPROTO_TCP, conntrack.StatusConfirmed, src, dst, port, 21, 60, marks[port])
-		if err := ctc.Create(f); err != nil {
-			t.Fatalf("create conntrack entry with mark %#x: %v", marks[port], err)
-		}
-	}
-
-	got := map[uint16]bool{}
-	if err := ev.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		msgs, err := ev.Receive()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range msgs {
-			var e conntrack.Event
-			if err := e.Unmarshal(m); err != nil {
+	for _, c := range []struct {
+		zone uint16
+		want []uint16
+	}{
+		{0, []uint16{1001, 1002, 1005, 1006, 1007}},
+		{zone, []uint16{1001, 1002, 1005, 1007}},
+	} {
+		t.Run(fmt.Sprintf("zone-%d", c.zone), func(t *testing.T) {
+			ns := newNS(t, "evfilt")
+			var (
+				ev  *netlink.Conn
+				ctc *conntrack.Conn
+				err error
+			)
+			ns.do(t, func() {
+				ev, err = netlink.Dial(unix.NETLINK_NETFILTER, nil)
+				if err != nil {
+					return
+				}
+				ctc, err = conntrack.Dial(nil)
+			})
+			if err != nil {
 				t.Fatal(err)
 			}
-			port := e.Flow.TupleOrig.Proto.SourcePort
-			if !want[port] {
-				t.Errorf("event for an entry with ct mark %#x passed the filter", e.Flow.Mark)
+			defer ev.Close()
+			defer ctc.Close()
+			prog, err := markFilter(mark, mask, c.zone)
+			if err != nil {
+				t.Fatal(err)
 			}
-			got[port] = true
-		}
-	}
-	for port := range want {
-		if !got[port] {
-			t.Errorf("no event for the entry with ct mark %#x", marks[port])
-		}
+			if err := ev.SetBPF(prog); err != nil {
+				t.Fatalf("attach filter: %v", err)
+			}
+			if err := ev.JoinGroup(groupCTNew); err != nil {
+				t.Fatal(err)
+			}
+
+			src, dst := netip.MustParseAddr("10.77.3.1"), netip.MustParseAddr("10.77.3.2")
+			for port := uint16(1000); port <= 1008; port++ {
+				e := entries[port]
+				f := conntrack.NewFlow(unix.IPPROTO_TCP, conntrack.StatusConfirmed, src, dst, port, 21, 60, e.mark)
+				f.Zone = e.zone
+				if err := ctc.Create(f); err != nil {
+					t.Fatalf("create conntrack entry with mark %#x in zone %d: %v", e.mark, e.zone, err)
+				}
+			}
+
+			want := map[uint16]bool{}
+			for _, p := range c.want {
+				want[p] = true
+			}
+			got := map[uint16]bool{}
+			if err := ev.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				msgs, err := ev.Receive()
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, m := range msgs {
+					var e conntrack.Event
+					if err := e.Unmarshal(m); err != nil {
+						t.Fatal(err)
+					}
+					port := e.Flow.TupleOrig.Proto.SourcePort
+					if !want[port] {
+						t.Errorf("event for an entry with ct mark %#x in zone %d passed the filter", e.Flow.Mark, e.Flow.Zone)
+					}
+					got[port] = true
+				}
+			}
+			for port := range want {
+				if !got[port] {
+					t.Errorf("no event for the entry with ct mark %#x in zone %d", entries[port].mark, entries[port].zone)
+				}
+			}
+		})
 	}
 }
 

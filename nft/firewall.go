@@ -131,7 +131,11 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 	if cfg.OnDataEnd != nil {
 		h.onDestroy = fw.onConnDestroy
 	}
-	fw.events, err = startCTEvents(cfg.CTMark, cfg.CTMask, h)
+	var zone uint16 // intercepted control connections: marked, but no pinhole's
+	if cfg.Intercept {
+		zone = cfg.InterceptZone
+	}
+	fw.events, err = startCTEvents(cfg.CTMark, cfg.CTMask, zone, h)
 	if err != nil {
 		log.Warn("nft: cannot watch conntrack events; pinholes will be reported as expired even when used",
 			"err", err)
