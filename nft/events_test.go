@@ -218,3 +218,41 @@ func TestEventsReceiveErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestDataConnTable: the table of followed data connections stays bounded
+// when DESTROY events are lost, forgets the oldest first, and keeps
+// following new connections — lost events never use up its room for good.
+func TestDataConnTable(t *testing.T) {
+	f := func(id uint32) proxy.Flow {
+		return proxy.Flow{Src: netip.AddrFrom4([4]byte{10, 77, 0, byte(id)}), Dst: netip.MustParseAddrPort("10.77.1.1:5000")}
+	}
+	d := newDataConnTable(8)
+	// 1000 connections whose DESTROY events are all lost.
+	for id := uint32(1); id <= 1000; id++ {
+		d.add(id, f(id))
+		if d.len() > 8 {
+			t.Fatalf("after %d adds the table holds %d, want at most 8", id, d.len())
+		}
+	}
+	for _, c := range []struct {
+		id   uint32
+		want bool
+	}{
+		{1000, true}, {997, true}, {993, true}, // the newest are followed
+		{1, false}, {900, false}, {992, false}, // the oldest were forgotten
+		{1000, false}, // taken once
+	} {
+		got, ok := d.take(c.id)
+		if ok != c.want || (ok && got != f(c.id)) {
+			t.Errorf("take(%d) = %v, %v; want followed=%v", c.id, got, ok, c.want)
+		}
+	}
+	// A reused ID is followed once, with its newest flow.
+	d.add(995, f(1))
+	if got, ok := d.take(995); !ok || got != f(1) {
+		t.Errorf("reused ID: take = %v, %v; want the newest flow", got, ok)
+	}
+	if _, ok := d.take(995); ok {
+		t.Error("reused ID followed twice")
+	}
+}

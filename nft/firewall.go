@@ -46,9 +46,9 @@ type Firewall struct {
 	// oldest of them first, not to the pinhole that replaced them. See
 	// buryLocked.
 	buried map[pinKey][]*pinhole
-	// dataConns maps conntrack IDs of admitted data connections to their
-	// flows until the entries are destroyed (for OnDataEnd); bounded.
-	dataConns map[uint32]proxy.Flow
+	// dataConns follows admitted data connections until their conntrack
+	// entries are destroyed (for OnDataEnd).
+	dataConns dataConnTable
 	active    int
 	timers    sync.WaitGroup // running or pending expiry callbacks
 
@@ -104,7 +104,7 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}, buried: map[pinKey][]*pinhole{}, dataConns: map[uint32]proxy.Flow{},
+	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}, buried: map[pinKey][]*pinhole{}, dataConns: newDataConnTable(maxDataConns),
 		natDirty: map[pinKey]struct{}{}, janitor: newJanitor()}
 	fw.conn, err = nftables.New(nftables.AsLasting(), nftables.WithSockOptions(sizeBuffers))
 	if err != nil {
@@ -515,8 +515,8 @@ func (fw *Firewall) onConnNew(k pinKey, id uint32) {
 	}
 	if e != nil && fw.endLocked(e, true) {
 		ended = append(ended, e)
-		if fw.cfg.OnDataEnd != nil && len(fw.dataConns) < maxDataConns {
-			fw.dataConns[id] = e.flow
+		if fw.cfg.OnDataEnd != nil {
+			fw.dataConns.add(id, e.flow)
 		}
 		// A NAT pinhole's DNAT/SNAT data has served (NAT is bound to the
 		// conntrack entry now): endLocked handed it to the janitor.
@@ -558,14 +558,51 @@ func (fw *Firewall) LostEvents() uint64 {
 }
 
 // maxDataConns bounds the data connections followed until their conntrack
-// entries go; beyond it their bytes are not counted.
+// entries go.
 const maxDataConns = 1 << 16
+
+// dataConnTable maps the conntrack IDs of admitted data connections to their
+// flows, holding at most max. A DESTROY event can be lost (see LostEvents),
+// and its entry would then stay for good: were the table simply capped, those
+// would pile up until no data connection was counted any more. Instead it
+// keeps two generations of at most max/2 entries each and, when the newer is
+// full, forgets the older — the oldest entries, those most likely to be
+// leftovers. A data connection still open after max/2 to max newer ones is
+// not counted.
+type dataConnTable struct {
+	max      int
+	cur, old map[uint32]proxy.Flow
+}
+
+func newDataConnTable(max int) dataConnTable {
+	return dataConnTable{max: max, cur: map[uint32]proxy.Flow{}, old: map[uint32]proxy.Flow{}}
+}
+
+func (d *dataConnTable) add(id uint32, f proxy.Flow) {
+	if len(d.cur) >= d.max/2 {
+		d.old, d.cur = d.cur, make(map[uint32]proxy.Flow, len(d.cur))
+	}
+	delete(d.old, id) // a reused ID
+	d.cur[id] = f
+}
+
+// take removes id and returns its flow, if followed.
+func (d *dataConnTable) take(id uint32) (proxy.Flow, bool) {
+	for _, m := range []map[uint32]proxy.Flow{d.cur, d.old} {
+		if f, ok := m[id]; ok {
+			delete(m, id)
+			return f, true
+		}
+	}
+	return proxy.Flow{}, false
+}
+
+func (d *dataConnTable) len() int { return len(d.cur) + len(d.old) }
 
 // onConnDestroy reports a followed data connection's byte counters.
 func (fw *Firewall) onConnDestroy(id uint32, origBytes, replyBytes uint64) {
 	fw.mu.Lock()
-	f, ok := fw.dataConns[id]
-	delete(fw.dataConns, id)
+	f, ok := fw.dataConns.take(id)
 	fw.mu.Unlock()
 	if ok {
 		fw.cfg.OnDataEnd(f, origBytes, replyBytes)
