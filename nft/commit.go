@@ -91,7 +91,6 @@ func (fw *Firewall) commitBatchLocked(batch []*openReq) []*pinhole {
 		return nil
 	}
 
-	fw.batches.Add(1)
 	err := fw.send(func() error { return fw.queueOpens(batch) })
 	if err == nil {
 		return fw.register(batch)

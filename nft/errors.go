@@ -23,7 +23,7 @@ func hint(err error) string {
 	case errors.Is(err, unix.ENFILE):
 		return "the pinhole set is full (too many outstanding data connections) — retry later or lower the pinhole ttl"
 	case errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
-		return "the kernel ran out of memory for netlink — retry; raise net.core.rmem_max if it persists"
+		return "the kernel could not allocate memory or buffer space for the netlink request — retry; if it persists, check the host's free memory"
 	}
 	return ""
 }

@@ -14,8 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ctReadBuffer is the receive buffer asked for the conntrack event socket;
-// the kernel caps it at net.core.rmem_max.
+// ctReadBuffer is the receive buffer of the conntrack event socket. With
+// CAP_NET_ADMIN, which ftpgate has, it is set with SO_RCVBUFFORCE and not
+// capped by net.core.rmem_max.
 const ctReadBuffer = 8 << 20
 
 // Conntrack multicast groups (linux/netfilter/nfnetlink.h, enum nfnetlink_groups).

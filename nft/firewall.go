@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -63,7 +62,6 @@ type Firewall struct {
 	pendMu     sync.Mutex
 	pending    []*openReq
 	committing bool
-	batches    atomic.Uint64 // netlink batches that carried openings
 
 	events     *ctEvents // nil when the conntrack listener could not start
 	lostLogged time.Time // when onEventsLost last logged (listener goroutine only)
@@ -156,9 +154,10 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 	return fw, nil
 }
 
-// nlBuffer is the send and receive buffer of the nftables socket (the kernel
-// caps it at net.core.wmem_max/rmem_max). Set once here, it spares every
-// batch the buffer-size system calls google/nftables makes otherwise.
+// nlBuffer is the send and receive buffer of the nftables socket (set with
+// SO_SNDBUFFORCE/SO_RCVBUFFORCE, as ftpgate has CAP_NET_ADMIN: not capped by
+// net.core.wmem_max/rmem_max). Set once here, it spares every batch the
+// buffer-size system calls google/nftables makes otherwise.
 const nlBuffer = 4 << 20
 
 func sizeBuffers(c *netlink.Conn) error {
@@ -368,12 +367,6 @@ func (fw *Firewall) Open(ctx context.Context, f proxy.Flow, ttl time.Duration) (
 		return nil, err
 	}
 	return p, nil
-}
-
-// flowKey validates f and returns its set key.
-func flowKey(f proxy.Flow) (pinKey, error) {
-	k, _, err := parseFlow(f)
-	return k, err
 }
 
 // parseFlow validates f and returns its set key and, for a NAT flow, its
