@@ -210,6 +210,8 @@ func (fw *Firewall) register(batch []*openReq) []*pinhole {
 		}
 		// The batch destroyed whatever older NAT data the key had.
 		delete(fw.natDirty, p.key)
+		// The key's next connection is p's, not one that raced the last.
+		delete(fw.consumed, p.key)
 		fw.entries[p.key] = p
 		p.expires = now.Add(r.ttl)
 		fw.active++

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -50,6 +51,13 @@ type Firewall struct {
 	dataConns dataConnTable
 	active    int
 	timers    sync.WaitGroup // running or pending expiry callbacks
+
+	// consumed remembers for raceWindow the keys a connection used and that
+	// connection's conntrack ID, to recognise a second one (see onConnNew);
+	// swept when it has doubled in size.
+	consumed        map[pinKey]consumedKey
+	consumedSweepAt int
+	raced           atomic.Uint64 // second connections cut (RacedConnections)
 
 	// natDirty holds the keys whose DNAT/SNAT map elements an ended NAT
 	// pinhole may have left in the kernel; the janitor removes them, and an
@@ -103,6 +111,7 @@ func New(cfg Config, log *slog.Logger) (*Firewall, error) {
 	defer runtime.UnlockOSThread()
 
 	fw := &Firewall{cfg: cfg, log: log, entries: map[pinKey]*pinhole{}, buried: map[pinKey][]*pinhole{}, dataConns: newDataConnTable(maxDataConns),
+		consumed: map[pinKey]consumedKey{},
 		natDirty: map[pinKey]struct{}{}, janitor: newJanitor()}
 	fw.conn, err = nftables.New(nftables.AsLasting(), nftables.WithSockOptions(sizeBuffers))
 	if err != nil {
@@ -498,25 +507,106 @@ func (p *pinhole) expire() {
 	fw.notify(ended)
 }
 
-// onConnNew is called for every new TCP conntrack entry carrying our mark.
-func (fw *Firewall) onConnNew(k pinKey, id uint32) {
+// onConnNew is called for every new TCP conntrack entry carrying our mark
+// (outside the intercept zone): a connection used the pinhole of key k.
+//
+// It can be a second one. The rule's set lookup and its dynset delete are
+// two steps, and the kernel ignores whether the delete found the element:
+// two opening SYNs of the same key (from two source ports) processed at the
+// same moment on two CPUs can both pass. Nothing in nftables makes the two
+// steps one, so the second connection is cut here, after the fact: an event
+// of a key whose pinhole a connection used within raceWindow, from another
+// conntrack entry, when no pinhole of the key is open, gets its entry
+// deleted (cutRaced).
+func (fw *Firewall) onConnNew(k pinKey, id uint32, orig conntrack.Tuple) {
 	fw.mu.Lock()
 	var ended []*pinhole
 	e := fw.entries[k]
 	if q := fw.buried[k]; len(q) > 0 {
 		e = q[0] // see buryLocked
 	}
-	if e != nil && fw.endLocked(e, true) {
-		ended = append(ended, e)
-		if fw.cfg.OnDataEnd != nil {
-			fw.dataConns.add(id, e.flow)
+	raced := false
+	switch {
+	case e != nil:
+		if fw.endLocked(e, true) {
+			ended = append(ended, e)
+			if fw.cfg.OnDataEnd != nil {
+				fw.dataConns.add(id, e.flow)
+			}
+			fw.consumedLocked(k, id)
+			// A NAT pinhole's DNAT/SNAT data has served (NAT is bound to
+			// the conntrack entry now): endLocked handed it to the janitor.
 		}
-		// A NAT pinhole's DNAT/SNAT data has served (NAT is bound to the
-		// conntrack entry now): endLocked handed it to the janitor.
+	default:
+		c, ok := fw.consumed[k]
+		raced = ok && c.id != id && time.Since(c.at) < raceWindow
 	}
 	fw.mu.Unlock()
 	fw.notify(ended)
+	if raced {
+		fw.cutRaced(id, orig)
+	}
 }
+
+// raceWindow is how long after a connection used a pinhole a second one of
+// its key is taken for one that raced it. Their NEW events are sent when
+// each entry is confirmed, microseconds apart, and read one after the other.
+const raceWindow = time.Second
+
+// consumedKey is a key a connection used, when, and that connection's ID.
+type consumedKey struct {
+	id uint32
+	at time.Time
+}
+
+// consumedLocked remembers that connection id used key k. fw.mu is held.
+func (fw *Firewall) consumedLocked(k pinKey, id uint32) {
+	now := time.Now()
+	if len(fw.consumed) >= fw.consumedSweepAt {
+		for key, c := range fw.consumed {
+			if now.Sub(c.at) >= raceWindow {
+				delete(fw.consumed, key)
+			}
+		}
+		fw.consumedSweepAt = max(1024, 2*len(fw.consumed))
+	}
+	fw.consumed[k] = consumedKey{id: id, at: now}
+}
+
+// cutRaced deletes the conntrack entry (id, orig) of a second connection
+// through a one-shot pinhole. Its opening SYN has gone through already; with
+// the entry gone, its next packets find none, carry no ct mark, and a host
+// filter that drops what ftpgate did not admit (the setting in which
+// pinholes matter) drops them.
+func (fw *Firewall) cutRaced(id uint32, orig conntrack.Tuple) {
+	n := fw.raced.Add(1)
+	fw.ctqMu.Lock()
+	err := fw.ctqErr
+	if fw.ctq != nil {
+		var f conntrack.Flow
+		// Only that entry: the tuple could have been reused meanwhile.
+		if f, err = fw.ctq.Get(conntrack.Flow{TupleOrig: orig}); err == nil && f.ID == id {
+			err = fw.ctq.Delete(conntrack.Flow{TupleOrig: orig})
+		}
+		if errors.Is(err, unix.ENOENT) {
+			err = nil // gone already
+		}
+	}
+	fw.ctqMu.Unlock()
+	src := netip.AddrPortFrom(orig.IP.SourceAddress.Unmap(), orig.Proto.SourcePort)
+	dst := netip.AddrPortFrom(orig.IP.DestinationAddress.Unmap(), orig.Proto.DestinationPort)
+	if err != nil {
+		fw.log.Error("nft: a second connection got through a one-shot pinhole (its opening SYN raced the first one's), and its conntrack entry cannot be deleted — delete it by hand: conntrack -D -p tcp --orig-src "+src.Addr().String()+" --sport "+fmt.Sprint(src.Port()),
+			"src", src, "dst", dst, "err", wrap("conntrack", "delete entry", err), "raced_total", n)
+		return
+	}
+	fw.log.Warn("nft: a second connection got through a one-shot pinhole (its opening SYN raced the first one's); its conntrack entry is deleted, which cuts it",
+		"src", src, "dst", dst, "raced_total", n)
+}
+
+// RacedConnections returns how many second connections through a one-shot
+// pinhole were found and cut (see onConnNew).
+func (fw *Firewall) RacedConnections() uint64 { return fw.raced.Load() }
 
 // lostLogEvery is how often, at most, lost conntrack events are logged.
 const lostLogEvery = time.Minute

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/ti-mo/conntrack"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
@@ -1026,7 +1027,7 @@ func TestPinholeEndWithoutLocks(t *testing.T) {
 	}
 	wait("Pinhole.Close")
 	open(time.Minute)
-	fw.onConnNew(k, 1)
+	fw.onConnNew(k, 1, conntrack.Tuple{})
 	wait("conntrack event")
 	open(10 * time.Millisecond)
 	wait("expiry")
