@@ -70,26 +70,14 @@ func (rt *routing) install(h *netlink.Handle, cfg Config) error {
 	if err != nil {
 		return wrap("netlink", "find interface lo", err)
 	}
-	var fams []int
-	if cfg.interceptV4() {
-		fams = append(fams, netlink.FAMILY_V4)
-	}
-	if cfg.interceptV6() {
-		fams = append(fams, netlink.FAMILY_V6)
-	}
-	var staleRules []netlink.Rule
-	var staleRoutes []netlink.Route
-	var conflicts []string
-	for _, fam := range fams {
-		sr, sro, c, err := inspectRouting(h, cfg, fam)
-		if err != nil {
-			return err
-		}
-		staleRules, staleRoutes, conflicts = append(staleRules, sr...), append(staleRoutes, sro...), append(conflicts, c...)
+	fams := routedFamilies(cfg)
+	staleRules, staleRoutes, conflicts, err := inspectFamilies(h, cfg, fams)
+	if err != nil {
+		return err
 	}
 	if len(conflicts) > 0 {
-		return fmt.Errorf("netlink: policy routing for tproxy: fwmark %#x or route table %d is in use:\n  %s\n— start ftpgate with a --fwmark and a --route-table nothing else uses (see `ip rule` and `ip route show table all`); if these were left by an ftpgate older than this version (untagged), delete them",
-			cfg.FWMark, cfg.RouteTable, strings.Join(conflicts, "\n  "))
+		return fmt.Errorf("netlink: policy routing for tproxy: fwmark %#x or route table %d is in use:\n  %s\n— %s",
+			cfg.FWMark, cfg.RouteTable, strings.Join(conflicts, "\n  "), RoutingConflictFix(cfg))
 	}
 	for i := range staleRules {
 		r := &staleRules[i]
@@ -121,6 +109,64 @@ func (rt *routing) install(h *netlink.Handle, cfg Config) error {
 		rt.rules = append(rt.rules, rule)
 	}
 	return nil
+}
+
+// routedFamilies are the families install sets up policy routing for.
+func routedFamilies(cfg Config) []int {
+	var fams []int
+	if cfg.interceptV4() {
+		fams = append(fams, netlink.FAMILY_V4)
+	}
+	if cfg.interceptV6() {
+		fams = append(fams, netlink.FAMILY_V6)
+	}
+	return fams
+}
+
+// inspectFamilies is inspectRouting over fams.
+func inspectFamilies(h *netlink.Handle, cfg Config, fams []int) (staleRules []netlink.Rule, staleRoutes []netlink.Route, conflicts []string, err error) {
+	for _, fam := range fams {
+		sr, sro, c, err := inspectRouting(h, cfg, fam)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		staleRules, staleRoutes, conflicts = append(staleRules, sr...), append(staleRoutes, sro...), append(conflicts, c...)
+	}
+	return staleRules, staleRoutes, conflicts, nil
+}
+
+// InspectPolicyRouting reports, changing nothing, what New would find in the
+// calling thread's network namespace for cfg's policy routing: conflicts —
+// someone else's use of the fwmark or the route table, for which New refuses
+// to start — and leftovers, the tagged rule and route of an earlier ftpgate
+// that could not remove them, which New deletes. For `ftpgate check`.
+func InspectPolicyRouting(cfg Config) (conflicts, leftovers []string, err error) {
+	if cfg, err = cfg.withDefaults(); err != nil {
+		return nil, nil, err
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, nil, wrap("netlink", "open rtnetlink", err)
+	}
+	defer h.Close()
+	rules, routes, conflicts, err := inspectFamilies(h, cfg, routedFamilies(cfg))
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, r := range rules {
+		leftovers = append(leftovers, fmt.Sprintf("ip %s rule %s", familyName(r.Family), describeRule(r)))
+	}
+	for _, r := range routes {
+		leftovers = append(leftovers, fmt.Sprintf("ip %s route %s", familyName(r.Family), describeRoute(r, linkName(h, r.LinkIndex))))
+	}
+	return conflicts, leftovers, nil
+}
+
+// RoutingConflictFix says what to do when InspectPolicyRouting or New finds
+// conflicts.
+func RoutingConflictFix(cfg Config) string {
+	return fmt.Sprintf("start ftpgate with a --fwmark and a --route-table nothing else uses (see `ip rule` and `ip route show table all`; now --fwmark %#x, --route-table %d); if these were left by an ftpgate older than this version (untagged, no \"proto %d\"), delete them",
+		cfg.FWMark, cfg.RouteTable, RouteProtocol)
 }
 
 // inspectRouting sorts the family's rules and the routes of cfg.RouteTable

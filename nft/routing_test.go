@@ -86,8 +86,20 @@ func TestPolicyRoutingOwnership(t *testing.T) {
 			}
 			cfg := c.cfg
 			cfg.Intercept = true
-			var fw *Firewall
+			// What `ftpgate check` reports agrees with what New does.
+			var conflicts, leftovers []string
 			var err error
+			ns.do(t, func() { conflicts, leftovers, err = InspectPolicyRouting(cfg) })
+			if err != nil {
+				t.Fatalf("InspectPolicyRouting: %v", err)
+			}
+			if got := strings.Join(conflicts, "\n"); (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
+				t.Errorf("InspectPolicyRouting conflicts:\n%s\nwant them to mention %q", got, c.want)
+			}
+			if wantLeft := strings.Contains(c.name, "leftovers"); wantLeft != (len(leftovers) > 0) {
+				t.Errorf("InspectPolicyRouting leftovers: %q", leftovers)
+			}
+			var fw *Firewall
 			ns.do(t, func() { fw, err = New(cfg, testLogger(t)) })
 			if c.want != "" {
 				if err == nil {

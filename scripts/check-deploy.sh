@@ -451,28 +451,34 @@ unit_runtime_reverse() {
 	say "uid 61184 + strict seccomp: listens on :21, FTP dialogue relayed ($(tail -1 <<<"$out")), pinhole opened, drains on SIGTERM, second SIGTERM ends it, clean exit"
 }
 
-# Policy routing ftpgate would clobber: someone else's route in its table
-# makes 'ftpgate check' fail and 'ftpgate run' refuse, and stays; its own
-# rule and route left by a killed run are only a warning, replaced, and
-# removed on exit.
+# Policy routing ftpgate would clobber: someone else's route in its table,
+# or a rule like ftpgate's but not tagged "proto 70", makes 'ftpgate check'
+# fail and 'ftpgate run' refuse, and stays; its own (tagged) rule and route
+# left by a killed run are only a warning, replaced, and removed on exit.
 routing_conflicts() {
 	local out rc log=$TMP/routing.log
 	in_ns nft flush ruleset
 	in_ns ip route add 192.0.2.0/24 dev lo table 100 || return 1
 	out=$(in_ns "$BIN" check 2>&1)
 	echo "$out"
-	grep -q '^FAIL ip -4 route: 192.0.2.0/24 dev lo table 100' <<<"$out" ||
+	grep -q '^FAIL ip -4 route 192.0.2.0/24 dev lo table 100 .*is in table 100' <<<"$out" ||
 		{ echo "'ftpgate check' does not fail on a foreign route in table 100"; return 1; }
 	out=$(in_ns timeout 10 "$BIN" run --config "$CONF" 2>&1)
 	rc=$?
 	echo "$out"
-	[ $rc = 1 ] && grep -q "already uses ftpgate's route table" <<<"$out" ||
+	[ $rc = 1 ] && grep -q "route table 100 is in use" <<<"$out" ||
 		{ echo "'ftpgate run' did not refuse a foreign route in table 100 (status $rc)"; return 1; }
 	in_ns ip route show table 100 | grep -q '^192.0.2.0/24 dev lo' || { echo "the foreign route is gone"; return 1; }
 	in_ns ip rule | grep -q fwmark && { echo "ftpgate added its rule although it refused to start"; return 1; }
 	in_ns ip route del 192.0.2.0/24 dev lo table 100 || return 1
 
-	in_ns ip rule add fwmark 1 lookup 100 && in_ns ip route add local default dev lo table 100 || return 1
+	in_ns ip rule add fwmark 1 lookup 100 || return 1
+	out=$(in_ns "$BIN" check 2>&1)
+	grep -q '^FAIL ip -4 rule .*fwmark 0x1 lookup 100 uses table 100' <<<"$out" ||
+		{ echo "$out"; echo "'ftpgate check' does not fail on an untagged rule like its own"; return 1; }
+	in_ns ip rule del fwmark 1 lookup 100 || return 1
+
+	in_ns ip rule add fwmark 1 lookup 100 proto 70 && in_ns ip route add local default dev lo table 100 proto 70 || return 1
 	out=$(in_ns "$BIN" check 2>&1)
 	echo "$out"
 	grep -q '^warn ip -4 rule .*fwmark 0x1 lookup 100' <<<"$out" || { echo "'ftpgate check' does not warn about a leftover rule"; return 1; }
@@ -482,7 +488,7 @@ routing_conflicts() {
 	grep -q 'policy routing is already there' "$log" || { echo "no warning about the leftover rule"; cat "$log"; return 1; }
 	stop_ftpgate 30 || { cat "$log"; return 1; }
 	in_ns ip route show table 100 | grep -q . && { echo "table 100 not emptied on exit"; return 1; }
-	say "foreign route in table 100: check FAILs, run refuses, route kept; leftover rule+route: warning, replaced, removed on exit"
+	say "foreign route in table 100, untagged rule: check FAILs, run refuses, route kept; leftover tagged rule+route: warning, replaced, removed on exit"
 }
 
 # The DaemonSet's container: UID 0 whose capabilities are only the ones the

@@ -44,18 +44,18 @@ func report(w io.Writer, ok bool, what, fix string) bool {
 }
 
 // checkRouting reports whether the fwmark and the route table are free for
-// ftpgate's policy routing (see routing.go).
+// ftpgate's policy routing.
 func checkRouting(w io.Writer, cfg nft.Config) bool {
-	conflicts, leftovers, err := policyRoutingReport(cfg)
+	conflicts, leftovers, err := nft.InspectPolicyRouting(cfg)
 	if err != nil {
 		return report(w, false, "cannot read policy routing: "+err.Error(), "run on Linux with rtnetlink (ip rule, ip route work)")
 	}
 	ok := true
 	for _, c := range conflicts {
-		ok = report(w, false, c, conflictFix(cfg))
+		ok = report(w, false, c, nft.RoutingConflictFix(cfg))
 	}
 	for _, l := range leftovers {
-		fmt.Fprintf(w, "warn %s: ftpgate's own policy routing, left by an earlier run or set up by hand; ftpgate replaces it at start and deletes it on exit\n", l)
+		fmt.Fprintf(w, "warn %s: ftpgate's own policy routing, left by an earlier run; ftpgate replaces it at start and deletes it on exit\n", l)
 	}
 	if ok && len(leftovers) == 0 {
 		report(w, true, fmt.Sprintf("policy routing: no ip rule uses fwmark %#x, route table %d is empty", cfg.FWMark, cfg.RouteTable), "")

@@ -92,8 +92,10 @@ func runCmd(args []string) error {
 	}
 
 	if ncfg.Intercept {
-		if err := checkPolicyRouting(ncfg, log); err != nil {
-			return err
+		// nft.New replaces these (and refuses someone else's); say so.
+		if _, leftovers, err := nft.InspectPolicyRouting(ncfg); err == nil && len(leftovers) > 0 {
+			log.Warn("ftpgate's policy routing is already there, left by an earlier run that was killed: replacing it; it is deleted on exit",
+				"found", strings.Join(leftovers, "; "))
 		}
 	}
 	fw, err = nft.New(ncfg, log)
