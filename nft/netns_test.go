@@ -5,8 +5,10 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"regexp"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -30,6 +32,14 @@ func requireRoot(t testing.TB) {
 
 var nsSeq atomic.Int64
 
+// nsNameRe matches the names newNS gives, of any run; group 1 is the pid of
+// the test binary that created the namespace (see TestMain).
+var nsNameRe = regexp.MustCompile(`^fgnft-.+-([0-9]+)-[0-9]+$`)
+
+// nsCreate is held shared while newNS creates a namespace, and exclusively by
+// TestMain's signal handler, so none appears after the handler has listed them.
+var nsCreate sync.RWMutex
+
 type testNS struct {
 	name string
 	h    netns.NsHandle
@@ -39,7 +49,11 @@ type testNS struct {
 func newNS(t testing.TB, tag string) *testNS {
 	t.Helper()
 	name := fmt.Sprintf("fgnft-%s-%d-%d", tag, os.Getpid(), nsSeq.Add(1))
-	run(t, "ip", "netns", "add", name)
+	func() {
+		nsCreate.RLock()
+		defer nsCreate.RUnlock() // also when run fails the test
+		run(t, "ip", "netns", "add", name)
+	}()
 	t.Cleanup(func() {
 		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v: %s", name, err, out)
