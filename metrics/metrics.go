@@ -50,10 +50,12 @@ type Metrics struct {
 
 // Options describe the daemon the metrics belong to.
 type Options struct {
-	Mode           string      // "transparent" or "reverse": the mode label of session metrics
-	Version        string      // for ftpgate_build_info
-	ActivePinholes func() int  // source of the open-pinholes gauge; may be nil
-	Realtime       func() bool // whether the daemon runs at a real-time priority; may be nil
+	Mode             string        // "transparent" or "reverse": the mode label of session metrics
+	Version          string        // for ftpgate_build_info
+	ActivePinholes   func() int    // source of the open-pinholes gauge; may be nil
+	Realtime         func() bool   // whether the daemon runs at a real-time priority; may be nil
+	LostEvents       func() uint64 // times the kernel dropped conntrack events so far; may be nil
+	RacedConnections func() uint64 // raced second connections through one-shot pinholes cut so far; may be nil
 }
 
 // New creates the collectors and registers them.
@@ -153,6 +155,18 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 			Namespace: namespace, Name: "pinholes_active",
 			Help: "Pinholes currently open in the kernel.",
 		}, func() float64 { return float64(o.ActivePinholes()) }))
+	}
+	if o.LostEvents != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "conntrack_events_lost_total",
+			Help: "Times the kernel dropped conntrack events because ftpgate's event socket was full (ENOBUFS): pinholes used meanwhile count as expired and their data connections are not counted.",
+		}, func() float64 { return float64(o.LostEvents()) }))
+	}
+	if o.RacedConnections != nil {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: namespace, Name: "pinhole_raced_connections_total",
+			Help: "Second connections whose opening SYN raced the first through a one-shot pinhole; ftpgate cut them by deleting their conntrack entries.",
+		}, func() float64 { return float64(o.RacedConnections()) }))
 	}
 	m.byVerb = map[string]prometheus.Counter{"other": m.commands.WithLabelValues("other")}
 	for _, v := range knownVerbs {

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -19,7 +20,9 @@ func TestMetricsLintClean(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	var realtime atomic.Bool
 	realtime.Store(true)
-	m := New(reg, Options{Mode: "reverse", Version: "test", ActivePinholes: func() int { return 3 }, Realtime: realtime.Load})
+	var lost, raced atomic.Uint64
+	m := New(reg, Options{Mode: "reverse", Version: "test", ActivePinholes: func() int { return 3 }, Realtime: realtime.Load,
+		LostEvents: lost.Load, RacedConnections: raced.Load})
 	f := proxy.Flow{Src: netip.MustParseAddr("fd77::2"), Dst: netip.MustParseAddrPort("[fd77:1::2]:50000"), Dir: proxy.Passive}
 	m.SessionStarted()
 	m.Command("RETR")
@@ -71,6 +74,20 @@ func TestMetricsLintClean(t *testing.T) {
 ftpgate_realtime_scheduling `+want+"\n"), "ftpgate_realtime_scheduling")
 		if err != nil {
 			t.Errorf("realtime %v: %v", on, err)
+		}
+	}
+	for _, n := range []uint64{0, 7} {
+		lost.Store(n)
+		raced.Store(n + 1)
+		want := strconv.FormatUint(n, 10)
+		err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP ftpgate_conntrack_events_lost_total Times the kernel dropped conntrack events because ftpgate's event socket was full (ENOBUFS): pinholes used meanwhile count as expired and their data connections are not counted.
+# TYPE ftpgate_conntrack_events_lost_total counter
+ftpgate_conntrack_events_lost_total `+want+`
+# HELP ftpgate_pinhole_raced_connections_total Second connections whose opening SYN raced the first through a one-shot pinhole; ftpgate cut them by deleting their conntrack entries.
+# TYPE ftpgate_pinhole_raced_connections_total counter
+ftpgate_pinhole_raced_connections_total `+strconv.FormatUint(n+1, 10)+"\n"), "ftpgate_conntrack_events_lost_total", "ftpgate_pinhole_raced_connections_total")
+		if err != nil {
+			t.Errorf("lost %d, raced %d: %v", n, n+1, err)
 		}
 	}
 }

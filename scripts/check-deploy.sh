@@ -586,6 +586,8 @@ METRICS = {
     "ftpgate_upstream_connect_failures_total": ("counter", set()),
     "ftpgate_upstream_greeting_redials_total": ("counter", set()),
     "ftpgate_realtime_scheduling": ("gauge", set()),
+    "ftpgate_conntrack_events_lost_total": ("counter", set()),
+    "ftpgate_pinhole_raced_connections_total": ("counter", set()),
     "ftpgate_tls_sessions_total": ("counter", {"action"}),
     "ftpgate_data_connections_total": ("counter", {"direction"}),
     "ftpgate_data_bytes_total": ("counter", {"direction"}),

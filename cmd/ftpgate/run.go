@@ -73,6 +73,16 @@ func runCmd(args []string) error {
 			return 0
 		}
 		return fw.Active()
+	}, LostEvents: func() uint64 {
+		if fw == nil {
+			return 0
+		}
+		return fw.LostEvents()
+	}, RacedConnections: func() uint64 {
+		if fw == nil {
+			return 0
+		}
+		return fw.RacedConnections()
 	}})
 	ncfg.OnPinholeEnd, ncfg.OnDataEnd = m.PinholeEnded, m.DataConnectionEnded
 
