@@ -57,24 +57,6 @@ func (s *blockingServer) Shutdown(ctx context.Context) {
 	s.mu.Unlock()
 }
 
-// syncBuffer is a log destination the test can read while drain writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func TestDrain(t *testing.T) {
 	tests := []struct {
 		name    string

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -136,8 +135,8 @@ func TestRealtimeGuard(t *testing.T) {
 	// still runs when the runtime preempts the spin.
 	runtime.GOMAXPROCS(1)
 	var g realtimeGuard
-	var logged bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&syncWriter{w: &logged}, nil))
+	var logged syncBuffer // the guard logs from its goroutine
+	log := slog.New(slog.NewTextHandler(&logged, nil))
 	if err := g.start(log, 20*time.Millisecond); err != nil || g.on.Load() {
 		t.Fatalf("guard at normal priority: armed %v, %v; want not armed, no error", g.on.Load(), err)
 	}
@@ -169,18 +168,6 @@ func TestRealtimeGuard(t *testing.T) {
 	if !strings.Contains(logged.String(), "real-time priority") {
 		t.Errorf("log = %q, want a line saying why real-time scheduling ended", logged.String())
 	}
-}
-
-// syncWriter serialises writes to w (the guard logs from its goroutine).
-type syncWriter struct {
-	mu sync.Mutex
-	w  *bytes.Buffer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
 }
 
 // TestSchedRanges: scheduling values outside the kernel's range are refused.
