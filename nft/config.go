@@ -112,6 +112,16 @@ type Config struct {
 	OnDataEnd func(f proxy.Flow, origBytes, replyBytes uint64)
 }
 
+// Validate reports whether New would accept cfg, after filling in the
+// defaults the way New does. The error starts with "nft: invalid config:"
+// and holds one line per problem, each saying what to change; it is nil
+// for a valid cfg. Validate does not touch the kernel: New can still fail
+// on what only the host can tell (privileges, routing already in use).
+func (cfg Config) Validate() error {
+	_, err := cfg.withDefaults()
+	return err
+}
+
 // withDefaults returns cfg with defaults filled in and checks it.
 func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Table == "" {

@@ -207,12 +207,10 @@ func (o *options) validate() (proxy.Config, nft.Config, error) {
 	if err != nil {
 		return pcfg, ncfg, err
 	}
-	// The nft package checks its Config only inside New and Ruleset, and
-	// Ruleset reports a refused one as a comment with this prefix (nft's
-	// tests pin it). What nftConfig did not catch is still caught here.
-	if rs := nft.Ruleset(ncfg); strings.HasPrefix(rs, "# nft: invalid config") {
-		msg := strings.ReplaceAll(strings.TrimSpace(rs), "\n# ", "; ")
-		return pcfg, ncfg, errors.New(strings.TrimPrefix(msg, "# "))
+	// What nftConfig did not catch, nft's own checks (the ones New makes)
+	// still do. They name every problem, one per line: one line here.
+	if err := ncfg.Validate(); err != nil {
+		return pcfg, ncfg, errors.New(strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	return pcfg, ncfg, nil
 }

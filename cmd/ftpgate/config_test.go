@@ -236,8 +236,11 @@ func TestValidate(t *testing.T) {
 
 		{name: "dry-run in the file", file: "dry-run: true\n", wantErr: "dry-run is a command-line flag only"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
-		// Refused by nft's own checks, reached through its Ruleset.
-		{name: "listener port 0", args: []string{"--listen", "127.0.0.1:0"}, wantErr: "nft: invalid config"},
+		// Refused by nft's own checks (nft.Config.Validate), every problem
+		// named, on one line.
+		{name: "listener port 0", args: []string{"--listen", "127.0.0.1:0"}, wantErr: "nft: invalid config: tproxy IPv4 listener 127.0.0.1:0 must be an IPv4 address with a non-zero port"},
+		{name: "IPv6 listener port 0", args: []string{"--listen", "[::1]:0"}, wantErr: "nft: invalid config: tproxy IPv6 listener [::1]:0"},
+		{name: "both listeners port 0", args: []string{"--listen", "127.0.0.1:0,[::1]:0"}, wantErr: "non-zero port; tproxy IPv6 listener [::1]:0 must be"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
