@@ -55,7 +55,7 @@ type Options struct {
 	ActivePinholes   func() int    // source of the open-pinholes gauge; may be nil
 	Realtime         func() bool   // whether the daemon runs at a real-time priority; may be nil
 	LostEvents       func() uint64 // times the kernel dropped conntrack events so far; may be nil
-	RacedConnections func() uint64 // raced second connections through one-shot pinholes cut so far; may be nil
+	RacedConnections func() uint64 // raced second connections through one-shot pinholes found so far; may be nil
 }
 
 // New creates the collectors and registers them.
@@ -165,7 +165,7 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 	if o.RacedConnections != nil {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: namespace, Name: "pinhole_raced_connections_total",
-			Help: "Second connections whose opening SYN raced the first through a one-shot pinhole; ftpgate cut them by deleting their conntrack entries.",
+			Help: "Second connections whose opening SYN raced the first through a one-shot pinhole; ftpgate cuts each by deleting its conntrack entry and logs an error when it cannot.",
 		}, func() float64 { return float64(o.RacedConnections()) }))
 	}
 	m.byVerb = map[string]prometheus.Counter{"other": m.commands.WithLabelValues("other")}

@@ -83,7 +83,7 @@ ftpgate_realtime_scheduling `+want+"\n"), "ftpgate_realtime_scheduling")
 		err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP ftpgate_conntrack_events_lost_total Times the kernel dropped conntrack events because ftpgate's event socket was full (ENOBUFS): pinholes used meanwhile count as expired and their data connections are not counted.
 # TYPE ftpgate_conntrack_events_lost_total counter
 ftpgate_conntrack_events_lost_total `+want+`
-# HELP ftpgate_pinhole_raced_connections_total Second connections whose opening SYN raced the first through a one-shot pinhole; ftpgate cut them by deleting their conntrack entries.
+# HELP ftpgate_pinhole_raced_connections_total Second connections whose opening SYN raced the first through a one-shot pinhole; ftpgate cuts each by deleting its conntrack entry and logs an error when it cannot.
 # TYPE ftpgate_pinhole_raced_connections_total counter
 ftpgate_pinhole_raced_connections_total `+strconv.FormatUint(n+1, 10)+"\n"), "ftpgate_conntrack_events_lost_total", "ftpgate_pinhole_raced_connections_total")
 		if err != nil {

@@ -214,16 +214,19 @@ func isOwnRule(r netlink.Rule, cfg Config) bool {
 		r.IifName == "" && r.OifName == "" && !r.Invert
 }
 
-// matchesMark reports whether r selects packets carrying fwmark.
+// matchesMark reports whether r selects packets carrying fwmark. An
+// inverted rule ("not fwmark X", as WireGuard's wg-quick installs) selects
+// everything but its own mark: it is not a use of ftpgate's, and ftpgate's
+// rule (added without a priority) comes before it anyway.
 func matchesMark(r netlink.Rule, fwmark uint32) bool {
-	if r.Mark == 0 && r.Mask == nil {
-		return false // no fwmark selector
+	if r.Invert || (r.Mark == 0 && r.Mask == nil) {
+		return false // no (positive) fwmark selector
 	}
 	mask := uint32(0xffffffff)
 	if r.Mask != nil {
 		mask = *r.Mask
 	}
-	return (fwmark&mask == r.Mark) != r.Invert
+	return fwmark&mask == r.Mark
 }
 
 // describeRule writes r roughly as `ip rule` lists it.

@@ -44,6 +44,13 @@ func TestPolicyRoutingOwnership(t *testing.T) {
 			after: [][2]string{{"-4 rule show", "fwmark 0x7 lookup 100"}},
 		},
 		{
+			name: "wireguard-not-fwmark-rule",
+			setup: [][]string{
+				{"-4", "rule", "add", "not", "fwmark", "0xca6c", "lookup", "51820"},
+			},
+			after: [][2]string{{"-4 rule show", "not from all fwmark 0xca6c lookup 51820"}},
+		},
+		{
 			name:  "mark-used-by-another-table",
 			setup: [][]string{{"-6", "rule", "add", "fwmark", "0x1/0x3", "lookup", "200"}},
 			want:  "matches fwmark 0x1",

@@ -64,6 +64,8 @@ type LineReader struct {
 	pendingCR bool  // a CR was seen; it is data unless an LF follows
 	tooLong   bool  // the current line exceeded max; its bytes are being discarded
 	partial   bool  // bytes of the current line have been consumed
+	synch     bool  // the current line carried Telnet IP or DM
+	lastSynch bool  // the same, for the line ReadLine returned last
 	err       error // sticky end-of-stream error
 }
 
@@ -143,6 +145,8 @@ func (r *LineReader) decode(chunk []byte) (eol bool) {
 			switch b {
 			case telnetIAC:
 				r.appendData(chunk[i : i+1])
+			case telnetIP, telnetDM:
+				r.synch = true
 			case telnetWILL, telnetWONT, telnetDO, telnetDONT:
 				r.state = stateOption
 			}
@@ -218,6 +222,7 @@ func (r *LineReader) grow(need int) {
 }
 
 func (r *LineReader) finishLine() (string, error) {
+	r.lastSynch = r.synch
 	if r.tooLong {
 		// The start survives: enough for a reply's "ddd-" (see ReadLine).
 		head := string(r.line[:min(len(r.line), tooLongHead)])
@@ -234,6 +239,7 @@ func (r *LineReader) resetLine() {
 	r.state = stateData
 	r.pendingCR = false
 	r.tooLong = false
+	r.synch = false
 	r.partial = false
 }
 
@@ -266,17 +272,24 @@ func ParseCommand(line string) (verb, arg string) {
 	return asciiUpper(verb), arg
 }
 
-// ValidVerb reports whether line starts with a verb of 3 or 4 ASCII letters
-// followed by a space or the end of the line, as every FTP command is
-// (RFC 959 section 5.3). ParseCommand splits at the first space only, while
-// some servers split at any white space: "PORT\t…" must not pass unchecked.
+// ValidVerb reports whether line starts with a verb — an ASCII letter, then
+// 2 to 7 letters or digits: RFC 959's 3-4 letters and extensions such as
+// XMD5 or XSHA256 — followed by a space or the end of the line.
+// ParseCommand splits at the first space only, while some servers split at
+// any white space: "PORT\t…" must not pass unchecked.
 func ValidVerb(line string) bool {
-	n := 0
-	for n < len(line) && n < 5 && isLetter(line[n]) {
+	if line == "" || !isLetter(line[0]) {
+		return false
+	}
+	n := 1
+	for n < len(line) && n <= maxVerb && (isLetter(line[n]) || isDigit(line[n])) {
 		n++
 	}
-	return (n == 3 || n == 4) && (n == len(line) || line[n] == ' ')
+	return n >= 3 && n <= maxVerb && (n == len(line) || line[n] == ' ')
 }
+
+// maxVerb is the longest verb ValidVerb accepts (XSHA256, XSHA512).
+const maxVerb = 8
 
 func asciiUpper(s string) string {
 	lower := -1
@@ -320,6 +333,11 @@ func ParseReplyLine(line string) (code int, more bool, ok bool) {
 }
 
 func isDigit(b byte) bool { return '0' <= b && b <= '9' }
+
+// Synch reports whether the line ReadLine returned last carried Telnet
+// Interrupt Process or Data Mark: the client sent its ABOR with the Telnet
+// Synch of RFC 959 4.1.3 (the bytes themselves are not part of the line).
+func (r *LineReader) Synch() bool { return r.lastSynch }
 
 // Raw returns the bytes received but not yet consumed, followed by the rest of
 // the stream, for a session that stops reading lines (TLS passthrough). Call it

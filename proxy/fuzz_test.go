@@ -333,10 +333,12 @@ func FuzzParseCommand(f *testing.F) {
 				t.Fatalf("ParseCommand(%q): verb %q changed a byte other than a-z", line, verb)
 			}
 		}
-		// A valid verb is exactly what the server will split off: 3-4
-		// letters, and no other white space a server might split at.
+		// A valid verb is exactly what the server will split off: a letter
+		// then letters or digits, and no other white space a server might
+		// split at.
 		if ValidVerb(line) {
-			if len(verb) < 3 || len(verb) > 4 || strings.IndexFunc(verb, func(r rune) bool { return r < 'A' || r > 'Z' }) >= 0 {
+			if len(verb) < 3 || len(verb) > maxVerb || verb[0] < 'A' || verb[0] > 'Z' ||
+				strings.IndexFunc(verb, func(r rune) bool { return (r < 'A' || r > 'Z') && (r < '0' || r > '9') }) >= 0 {
 				t.Fatalf("ValidVerb(%q) with verb %q", line, verb)
 			}
 		} else if found && len(raw) >= 3 && len(raw) <= 4 && strings.IndexFunc(raw, func(r rune) bool { return !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z') }) < 0 {

@@ -98,6 +98,11 @@ func TestSessionWrongDirection(t *testing.T) {
 	h := newHarness(t, "220 hi\r\nPORT 127,0,0,1,195,80\r\n200 stray\r\n", nil)
 	h.send("227 Entering Passive Mode (127,0,0,1,195,80).")
 	h.expect("500 ")
+	// The stray 200 must have been dropped before NOOP is pending, or it
+	// would rightly answer it.
+	if !waitLog(h, "reason=unsolicited_reply") {
+		t.Fatalf("the stray reply was not refused:\n%s", h.logs.String())
+	}
 	h.send("NOOP")
 	h.expect("200 OK")
 	if f := h.gate.Flows(); len(f) != 0 {

@@ -34,7 +34,7 @@ const (
 	ReasonDenied        Reason = "denied_command"    // --deny-commands
 	ReasonNotAnonymous  Reason = "not_anonymous"     // --anonymous-only
 	ReasonWrongSide     Reason = "wrong_direction"   // a reply from the client or a command from the server
-	ReasonBadVerb       Reason = "bad_verb"          // a verb that is not 3-4 ASCII letters followed by a space or the line's end
+	ReasonBadVerb       Reason = "bad_verb"          // a verb that is not 3-8 letters/digits (first a letter), then a space or the line's end
 	ReasonPipeline      Reason = "pipeline_overflow" // more than maxPipelined commands awaiting replies
 	ReasonWriteFailed   Reason = "write_failed"      // a peer stopped reading: a write to it timed out or failed
 )

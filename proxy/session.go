@@ -21,9 +21,11 @@ import (
 var writeTimeout = 30 * time.Second
 
 // maxPipelined caps the commands awaiting their replies, forwarded or
-// answered by ftpgate: real clients pipeline a few; without a cap a client
-// could queue replies faster than a stalled server lets them go.
-const maxPipelined = 128
+// answered by ftpgate: without a cap a client could queue them faster than a
+// stalled server lets them go. Real clients pipeline a few, but some send a
+// NOOP every 30 s during a transfer that the server answers only at its end:
+// 1024 lasts 8 hours of that (and holds ~100 KiB at most).
+const maxPipelined = 1024
 
 // pendingCmd is a command waiting for its reply. A command ftpgate answered
 // itself carries that reply in local: it is written when it reaches the head
@@ -137,7 +139,7 @@ func (s *session) run() {
 		s.mu.Lock()
 		if s.endReason != "" {
 			result = s.endReason
-		} else if s.aborted {
+		} else if s.stopping.Load() {
 			result = "shutdown"
 		}
 		// The server is in s.log once connected.
@@ -152,8 +154,8 @@ func (s *session) run() {
 
 	up, err := s.dialGreeted()
 	if err != nil {
-		result = "upstream_error"
 		s.mu.Lock()
+		s.endReason = "upstream_error"
 		s.writeClientLocked("421 ftpgate: " + err.Error())
 		s.mu.Unlock()
 		return
@@ -265,7 +267,11 @@ func (s *session) writeFailedLocked(peer string, err error) {
 }
 
 // forward sends a command upstream and remembers that it awaits a reply.
-func (s *session) forward(verb, line string) {
+func (s *session) forward(verb, line string) { s.send(verb, line, false) }
+
+// send is forward; with synch, the command goes after a Telnet Synch of
+// ftpgate's own (an ABOR the client sent with one).
+func (s *session) send(verb, line string, synch bool) {
 	p := pendingCmd{verb: verb}
 	if transferDirection(verb) != "" {
 		_, p.arg = ParseCommand(line)
@@ -276,10 +282,11 @@ func (s *session) forward(verb, line string) {
 	s.mu.Unlock()
 	s.upstreamWrite.extend(writeTimeout)
 	out := wireLine(line)
-	if verb == "ABOR" {
+	if synch {
 		// RFC 959 4.1.3: Telnet IP and Synch (IAC as urgent data, then DM)
 		// before ABOR, so that a server busy with a transfer reads it now
 		// (vsftpd acts on SIGURG); the client's own Synch ended at ftpgate.
+		// Only then: servers that do not parse Telnet would refuse it.
 		if err := sendUrgent(s.upstream, []byte{telnetIAC, telnetIP, telnetIAC}); err != nil {
 			s.mu.Lock()
 			s.writeFailedLocked("server", err)
@@ -351,7 +358,7 @@ func (s *session) relayCommands() {
 		}
 		if !ValidVerb(line) {
 			s.refused(ReasonBadVerb, "malformed command verb", "line", truncate(line))
-			s.reply("500 ftpgate: a command is 3 or 4 letters, then a space or the end of the line")
+			s.reply("500 ftpgate: malformed command: a verb is 3-8 letters or digits, starting with a letter, then a space or the end of the line")
 			continue
 		}
 		if s.cfg.deny[verb] {
@@ -375,6 +382,8 @@ func (s *session) relayCommands() {
 			s.quit = true
 			s.mu.Unlock()
 			s.forward(verb, line)
+		case "ABOR":
+			s.send(verb, line, r.Synch())
 		case "PORT", "EPRT":
 			s.activeCommand(verb, arg, line)
 		case "PASV":
@@ -655,10 +664,18 @@ func (s *session) relayReplies() {
 		line, err := r.ReadLine()
 		if errors.Is(err, ErrLineTooLong) {
 			s.refused(ReasonLineTooLong, "server reply line too long")
+			code, more, ok := ParseReplyLine(line)
 			if multi != 0 {
+				if ok && code == multi && !more {
+					// The end of the multi-line reply: it still pairs.
+					multi = 0
+					if s.finishReply(code, fmt.Sprintf("%d ftpgate: an over-long line was dropped", code)) {
+						return
+					}
+				}
 				continue // text inside a multi-line reply: dropped
 			}
-			if code, more, ok := ParseReplyLine(line); ok && more {
+			if ok && more {
 				// The first line of a multi-line reply: its end is still to
 				// come and must pair with the command.
 				multi = code

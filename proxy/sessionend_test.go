@@ -75,17 +75,19 @@ func TestSessionRefusesMalformedVerbs(t *testing.T) {
 		"USER\tbob",
 		" PORT 127,0,0,1,195,80",
 		"",
-		"ABORT",
+		"ABORTXYZW",
+		"1ABC y",
 		"X1 y",
 	} {
 		h.send(line)
-		h.expect("500 ftpgate: a command is 3 or 4 letters")
+		h.expect("500 ftpgate: malformed command")
 	}
-	h.send("noop", "XMKD dir", "CDUP")
+	h.send("noop", "XMKD dir", "CDUP", "XSHA256 file")
 	h.expect("200 ")
 	h.expect("200 ")
 	h.expect("200 ")
-	if got := h.server.received(); strings.Join(got, "|") != "noop|XMKD dir|CDUP" {
+	h.expect("200 ")
+	if got := h.server.received(); strings.Join(got, "|") != "noop|XMKD dir|CDUP|XSHA256 file" {
 		t.Fatalf("server received %q", got)
 	}
 	if f := h.gate.Flows(); len(f) != 0 {
@@ -165,18 +167,21 @@ func TestSessionMaxPendingCountsUnusedOnly(t *testing.T) {
 	}
 }
 
-// ABOR's Telnet Synch: clients send urgent data (ftplib sends the whole line
-// urgent, BSD ftp the IAC of IAC DM); the server gets a clean ABOR preceded
-// by a Synch of ftpgate's own, its IAC urgent (so missing from the plain
-// stream the fake server reads).
+// ABOR and urgent data: ftplib sends the whole line urgent, BSD ftp a Telnet
+// Synch (IAC IP, then IAC DM with the IAC urgent) before it. Either arrives
+// whole; a client's Synch is passed on as one of ftpgate's own, its IAC
+// urgent (so missing from the plain stream the fake server reads), and an
+// ABOR without one goes as it came: servers that do not parse Telnet would
+// refuse the prefix.
 func TestSessionABORSynch(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
 		urgent, rest string
+		want         string
 	}{
-		{"ftplib", "ABOR\r\n", ""},
-		{"bsd", "\xff\xf4\xff", "\xf2ABOR\r\n"},
-		{"plain", "", "ABOR\r\n"},
+		{"ftplib", "ABOR\r\n", "", "ABOR"},
+		{"bsd", "\xff\xf4\xff", "\xf2ABOR\r\n", "\xff\xf4\xf2ABOR"},
+		{"plain", "", "ABOR\r\n", "ABOR"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, "", nil)
@@ -196,28 +201,44 @@ func TestSessionABORSynch(t *testing.T) {
 			}
 			h.client.Write([]byte(tc.rest))
 			h.expect("200 ")
-			if got := h.server.received(); len(got) != 1 || got[0] != "\xff\xf4\xf2ABOR" {
-				t.Fatalf("server received %q, want IAC IP DM ABOR (the IAC before DM urgent)", got)
+			if got := h.server.received(); len(got) != 1 || got[0] != tc.want {
+				t.Fatalf("server received %q, want %q", got, tc.want)
 			}
 		})
 	}
 }
 
-// An over-long first line of a multi-line reply keeps the reply whole: its
-// end still pairs with the command, and the next command with its own reply.
-func TestSessionLongFirstLineOfMultilineReply(t *testing.T) {
-	h := newHarness(t, "", func(cmd string) string {
-		if cmd == "HELP" {
-			return "214-" + strings.Repeat("x", MaxLine+100) + "\r\n 227 (127,0,0,1,195,80)\r\n214 Help OK.\r\n"
-		}
-		return defaultRespond(cmd)
-	})
-	h.send("HELP", "NOOP")
-	h.expect("214-ftpgate: an over-long line was dropped")
-	h.expect(" 227 (127,0,0,1,195,80)")
-	h.expect("214 Help OK.")
-	h.expect("200 ")
-	if f := h.gate.Flows(); len(f) != 0 {
-		t.Fatalf("opened %v", f)
+// An over-long first or last line of a multi-line reply keeps the reply
+// whole: its end still pairs with the command, and the next command with its
+// own reply.
+func TestSessionLongLineOfMultilineReply(t *testing.T) {
+	long := strings.Repeat("x", MaxLine+100)
+	for _, tc := range []struct {
+		name, reply string
+		want        []string
+	}{
+		{"first", "214-" + long + "\r\n 227 (127,0,0,1,195,80)\r\n214 Help OK.\r\n",
+			[]string{"214-ftpgate: an over-long line was dropped", " 227 (127,0,0,1,195,80)", "214 Help OK."}},
+		{"last", "214-Help\r\n 227 (127,0,0,1,195,80)\r\n214 " + long + "\r\n",
+			[]string{"214-Help", " 227 (127,0,0,1,195,80)", "214 ftpgate: an over-long line was dropped"}},
+		{"middle", "214-Help\r\n" + long + "\r\n214 Help OK.\r\n",
+			[]string{"214-Help", "214 Help OK."}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, "", func(cmd string) string {
+				if cmd == "HELP" {
+					return tc.reply
+				}
+				return defaultRespond(cmd)
+			})
+			h.send("HELP", "NOOP")
+			for _, w := range tc.want {
+				h.expect(w)
+			}
+			h.expect("200 ")
+			if f := h.gate.Flows(); len(f) != 0 {
+				t.Fatalf("opened %v", f)
+			}
+		})
 	}
 }
