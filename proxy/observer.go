@@ -37,6 +37,7 @@ const (
 	ReasonBadVerb       Reason = "bad_verb"          // a verb that is not 3-8 letters/digits (first a letter), then a space or the line's end
 	ReasonPipeline      Reason = "pipeline_overflow" // more than maxPipelined commands awaiting replies
 	ReasonWriteFailed   Reason = "write_failed"      // a peer stopped reading: a write to it timed out or failed
+	ReasonClientPorts   Reason = "client_ports"      // a client address holds its share of --passive-ports
 )
 
 // Reasons lists every Reason, for pre-initialising metric series.
@@ -46,7 +47,7 @@ var Reasons = []Reason{
 	ReasonUnsupported, ReasonEPSVAll, ReasonTLS, ReasonFirewall, ReasonUpstream, ReasonLoop,
 	ReasonNoPorts, ReasonServerPorts, ReasonCrossFamily, ReasonShutdown, ReasonMaxSessions,
 	ReasonMaxPerClient, ReasonIdle, ReasonPendingCap, ReasonDenied, ReasonNotAnonymous, ReasonWrongSide,
-	ReasonBadVerb, ReasonPipeline, ReasonWriteFailed,
+	ReasonBadVerb, ReasonPipeline, ReasonWriteFailed, ReasonClientPorts,
 }
 
 // Observer receives the session events that metrics count. The metrics

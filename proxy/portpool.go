@@ -12,6 +12,9 @@ import (
 // ErrNoPorts means every port of a range is held by an opening.
 var ErrNoPorts = errors.New("no free port in the range")
 
+// ErrClientPorts means one client address holds its share of the range.
+var ErrClientPorts = errors.New("the client holds its share of the range")
+
 // PortRange is an inclusive range of TCP ports.
 type PortRange struct{ Lo, Hi uint16 }
 
@@ -38,21 +41,31 @@ func (r PortRange) Contains(p uint16) bool { return p >= r.Lo && p <= r.Hi }
 func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.Lo, r.Hi) }
 
 // portPool hands out ports of a range per local address, round robin so that
-// a port just released is the last to be reused.
+// a port just released is the last to be reused. Each port is held for one
+// client address, and a client address may hold at most perClient ports at
+// once (0: no limit): the range is what every client shares, and a few
+// client addresses opening without using must not take all of it.
 type portPool struct {
-	r    PortRange
-	mu   sync.Mutex
-	used map[netip.AddrPort]bool
-	next map[netip.Addr]uint16
+	r         PortRange
+	perClient int
+	mu        sync.Mutex
+	used      map[netip.AddrPort]netip.Addr // port → the client it is held for
+	held      map[netip.Addr]int            // ports held per client address
+	next      map[netip.Addr]uint16
 }
 
-func newPortPool(r PortRange) *portPool {
-	return &portPool{r: r, used: map[netip.AddrPort]bool{}, next: map[netip.Addr]uint16{}}
+func newPortPool(r PortRange, perClient int) *portPool {
+	return &portPool{r: r, perClient: perClient, used: map[netip.AddrPort]netip.Addr{},
+		held: map[netip.Addr]int{}, next: map[netip.Addr]uint16{}}
 }
 
-func (p *portPool) get(a netip.Addr) (uint16, error) {
+// get takes a free port on local address a for client.
+func (p *portPool) get(a, client netip.Addr) (uint16, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.perClient > 0 && p.held[client] >= p.perClient {
+		return 0, fmt.Errorf("%w: %s holds %d ports", ErrClientPorts, client, p.held[client])
+	}
 	n := int(p.r.Hi) - int(p.r.Lo) + 1
 	start := p.next[a]
 	if !p.r.Contains(start) {
@@ -61,8 +74,9 @@ func (p *portPool) get(a netip.Addr) (uint16, error) {
 	for i := 0; i < n; i++ {
 		port := uint16(int(p.r.Lo) + (int(start-p.r.Lo)+i)%n)
 		ap := netip.AddrPortFrom(a, port)
-		if !p.used[ap] {
-			p.used[ap] = true
+		if _, taken := p.used[ap]; !taken {
+			p.used[ap] = client
+			p.held[client]++
 			p.next[a] = port + 1
 			return port, nil
 		}
@@ -72,8 +86,16 @@ func (p *portPool) get(a netip.Addr) (uint16, error) {
 
 func (p *portPool) put(a netip.Addr, port uint16) {
 	p.mu.Lock()
-	delete(p.used, netip.AddrPortFrom(a, port))
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	ap := netip.AddrPortFrom(a, port)
+	client, taken := p.used[ap]
+	if !taken {
+		return
+	}
+	delete(p.used, ap)
+	if p.held[client]--; p.held[client] <= 0 {
+		delete(p.held, client)
+	}
 }
 
 func (p *portPool) inUse() int {

@@ -31,10 +31,11 @@ func TestParsePortRange(t *testing.T) {
 func TestPortPool(t *testing.T) {
 	a := netip.MustParseAddr("10.77.0.1")
 	b := netip.MustParseAddr("10.77.0.2")
-	p := newPortPool(PortRange{50000, 50002})
+	client := netip.MustParseAddr("10.77.9.9")
+	p := newPortPool(PortRange{50000, 50002}, 0)
 	var got []uint16
 	for range 3 {
-		port, err := p.get(a)
+		port, err := p.get(a, client)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -43,23 +44,54 @@ func TestPortPool(t *testing.T) {
 	if got[0] != 50000 || got[1] != 50001 || got[2] != 50002 {
 		t.Fatalf("ports %v, want 50000..50002 in order", got)
 	}
-	if _, err := p.get(a); !errors.Is(err, ErrNoPorts) {
+	if _, err := p.get(a, client); !errors.Is(err, ErrNoPorts) {
 		t.Fatalf("exhausted range gave %v, want ErrNoPorts", err)
 	}
-	if port, err := p.get(b); err != nil || port != 50000 {
+	if port, err := p.get(b, client); err != nil || port != 50000 {
 		t.Fatalf("another address shares no ports: got %d, %v", port, err)
 	}
 	p.put(a, 50001)
-	if port, err := p.get(a); err != nil || port != 50001 {
+	if port, err := p.get(a, client); err != nil || port != 50001 {
 		t.Fatalf("after release got %d, %v; want 50001", port, err)
 	}
 	p.put(a, 50000)
 	p.put(a, 50002)
 	// Round robin: the port after the last handed out comes first.
-	if port, _ := p.get(a); port != 50002 {
+	if port, _ := p.get(a, client); port != 50002 {
 		t.Fatalf("got %d, want 50002 (round robin)", port)
 	}
 	if n := p.inUse(); n != 3 {
 		t.Fatalf("inUse = %d, want 3", n)
+	}
+}
+
+// One client address holds at most its share; ports it gives back, and
+// other clients, are not affected.
+func TestPortPoolPerClient(t *testing.T) {
+	gw := netip.MustParseAddr("10.77.0.1")
+	greedy := netip.MustParseAddr("10.77.9.1")
+	other := netip.MustParseAddr("10.77.9.2")
+	p := newPortPool(PortRange{50000, 50009}, 3)
+	var held []uint16
+	for range 3 {
+		port, err := p.get(gw, greedy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, port)
+	}
+	if _, err := p.get(gw, greedy); !errors.Is(err, ErrClientPorts) {
+		t.Fatalf("a fourth port for one client: %v, want ErrClientPorts", err)
+	}
+	if _, err := p.get(gw, other); err != nil {
+		t.Fatalf("another client is refused: %v", err)
+	}
+	p.put(gw, held[0])
+	p.put(gw, held[0]) // twice: no effect
+	if _, err := p.get(gw, greedy); err != nil {
+		t.Fatalf("after giving one back: %v", err)
+	}
+	if _, err := p.get(gw, greedy); !errors.Is(err, ErrClientPorts) {
+		t.Fatalf("a double put raised the share: %v", err)
 	}
 }

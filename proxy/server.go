@@ -65,6 +65,9 @@ type Config struct {
 	GreetingRedial time.Duration
 	MaxLine        int // line cap in bytes; default MaxLine
 	MaxPending     int // unused openings kept per session; older ones are revoked; default 8
+	// MaxPortsPerClient caps the PassivePorts held at once for one client
+	// address (NAT'ed openings not yet used or expired); default 64.
+	MaxPortsPerClient int
 	// Limits.
 	MaxSessions          int           // open sessions in all; default 1024
 	MaxSessionsPerClient int           // open sessions per client address; default 32
@@ -129,6 +132,9 @@ func (c *Config) setDefaults() {
 	if c.MaxPending <= 0 {
 		c.MaxPending = 8
 	}
+	if c.MaxPortsPerClient <= 0 {
+		c.MaxPortsPerClient = 64
+	}
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 1024
 	}
@@ -171,7 +177,7 @@ func NewServer(cfg Config, gate Gate) *Server {
 	cfg.setDefaults()
 	s := &Server{gate: gate, dial: dialTransparent, sessions: map[*session]struct{}{}, byClient: map[netip.Addr]int{}}
 	s.cfg.Store(&cfg)
-	s.pool = newPortPool(cfg.PassivePorts)
+	s.pool = newPortPool(cfg.PassivePorts, cfg.MaxPortsPerClient)
 	if cfg.Mode == Reverse {
 		s.dial = dialReverse
 	}
@@ -191,8 +197,8 @@ func (s *Server) Reload(cfg Config) error {
 		return errors.New("changing --mode or --upstream needs a restart")
 	}
 	cfg.setDefaults()
-	if cfg.PassivePorts != old.PassivePorts {
-		return errors.New("changing --passive-ports needs a restart")
+	if cfg.PassivePorts != old.PassivePorts || cfg.MaxPortsPerClient != old.MaxPortsPerClient {
+		return errors.New("changing --passive-ports or --max-ports-per-client needs a restart")
 	}
 	s.cfg.Store(&cfg)
 	return nil

@@ -547,7 +547,11 @@ func (s *session) activeCommand(verb, arg, line string) {
 // allocPort takes a gateway port on addr for a NAT'ed data connection. On
 // exhaustion it counts the refusal and returns the reply for the client.
 func (s *session) allocPort(addr netip.Addr) (port uint16, refusal string) {
-	port, err := s.srv.pool.get(addr)
+	port, err := s.srv.pool.get(addr, s.clientAddr)
+	if errors.Is(err, ErrClientPorts) {
+		s.refused(ReasonClientPorts, "client holds its share of the data ports", "addr", addr.String(), "max", s.cfg.MaxPortsPerClient)
+		return 0, "425 ftpgate: too many unused data connections for this client address; use or close them, then retry"
+	}
 	if err != nil {
 		s.refused(ReasonNoPorts, "no free data port", "addr", addr.String(), "range", s.cfg.PassivePorts.String())
 		return 0, "425 ftpgate: no free data port, try again later"

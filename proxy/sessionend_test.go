@@ -10,15 +10,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sessionsReach waits until srv runs n sessions; false if it never does.
-func sessionsReach(srv *Server, n int) bool {
+// eventually polls cond for up to 5 s: sessions and openings end on their
+// own goroutines.
+func eventually(cond func() bool) bool {
 	for range 500 {
-		if srv.Sessions() == n {
+		if cond() {
 			return true
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	return false
+}
+
+// sessionsReach waits until srv runs n sessions; false if it never does.
+func sessionsReach(srv *Server, n int) bool {
+	return eventually(func() bool { return srv.Sessions() == n })
 }
 
 // expectEOF reads until the proxy closes the client connection.
@@ -241,4 +247,25 @@ func TestSessionLongLineOfMultilineReply(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A client address holding its share of --passive-ports gets 425 for more,
+// until it uses or gives back what it holds; its sessions go on.
+func TestSessionClientPortShare(t *testing.T) {
+	h := newHarnessConfig(t, Config{Mode: Reverse, PassivePorts: PortRange{60000, 60009}, MaxPortsPerClient: 2}, "", nil)
+	h.send("PASV", "EPSV", "PASV")
+	h.expect("227 ")
+	h.expect("229 ")
+	h.expect("425 ftpgate: too many unused data connections")
+	if logs := h.logs.String(); !strings.Contains(logs, "reason=client_ports") {
+		t.Fatalf("no client_ports refusal logged:\n%s", logs)
+	}
+	h.gate.mu.Lock()
+	h.gate.useAll() // the client connected: its ports go back to the pool
+	h.gate.mu.Unlock()
+	if !eventually(func() bool { return h.srv.pool.inUse() == 0 }) {
+		t.Fatal("used openings still hold their ports")
+	}
+	h.send("PASV")
+	h.expect("227 ")
 }

@@ -596,7 +596,7 @@ REASONS = set("""bounce_address server_address low_port syntax byte_range family
 unpaired_reply line_too_long control_chars unsupported epsv_all tls firewall_error upstream_error loop
 ports_exhausted server_port_range cross_family shutting_down max_sessions max_sessions_per_client
 idle_timeout pending_openings denied_command not_anonymous wrong_direction bad_verb pipeline_overflow
-write_failed""".split())
+write_failed client_ports""".split())
 VALUES = {
     ("ftpgate_refusals_total", "reason"): REASONS,
     ("ftpgate_pinholes_closed_total", "result"): {"used", "expired"},

@@ -43,6 +43,7 @@ type options struct {
 	dryRun               bool
 	maxSessions          int
 	maxSessionsPerClient int
+	maxPortsPerClient    int
 	idleTimeout          time.Duration
 	shutdownGrace        time.Duration
 	denyCommands         listFlag
@@ -102,6 +103,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.BoolVar(&o.dryRun, "dry-run", false, "check every setting, print the nftables ruleset that would be installed and exit (status 1 if a setting is invalid)")
 	fs.IntVar(&o.maxSessions, "max-sessions", 1024, "control sessions open at once; more get 421")
 	fs.IntVar(&o.maxSessionsPerClient, "max-sessions-per-client", 32, "control sessions open at once per client address")
+	fs.IntVar(&o.maxPortsPerClient, "max-ports-per-client", 64, "ports of --passive-ports held at once for one client address by data connections it negotiated and has not used yet; more get 425 (a few addresses must not take the whole range)")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 5*time.Minute, "close a control connection whose client sends no complete command for this long (unless a reply is awaited)")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long open sessions may finish before they are closed")
 	fs.Var(&o.denyCommands, "deny-commands", "FTP verbs refused with 550, e.g. STOR,DELE,RNFR,RNTO,MKD,RMD,APPE,STOU for a read-only gateway (repeatable)")
@@ -261,6 +263,7 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 		{o.shutdownGrace < 0, fmt.Sprintf("--shutdown-grace %v: want 0 (close sessions at once) or a positive duration such as 10s", o.shutdownGrace)},
 		{o.maxSessions <= 0, fmt.Sprintf("--max-sessions %d: want 1 or more", o.maxSessions)},
 		{o.maxSessionsPerClient <= 0, fmt.Sprintf("--max-sessions-per-client %d: want 1 or more", o.maxSessionsPerClient)},
+		{o.maxPortsPerClient <= 0, fmt.Sprintf("--max-ports-per-client %d: want 1 or more", o.maxPortsPerClient)},
 	} {
 		if c.bad {
 			return cfg, errors.New(c.msg)
@@ -295,6 +298,7 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 	cfg.DialTimeout = o.dialTimeout
 	cfg.MaxSessions = o.maxSessions
 	cfg.MaxSessionsPerClient = o.maxSessionsPerClient
+	cfg.MaxPortsPerClient = o.maxPortsPerClient
 	cfg.IdleTimeout = o.idleTimeout
 	cfg.DenyCommands = o.denyCommands.values
 	cfg.AnonymousOnly = o.anonymousOnly

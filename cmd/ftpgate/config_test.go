@@ -221,6 +221,7 @@ func TestValidate(t *testing.T) {
 		{name: "max-sessions 0", args: []string{"--max-sessions", "0"}, wantErr: "--max-sessions 0"},
 		{name: "max-sessions negative", args: []string{"--max-sessions", "-5"}, wantErr: "--max-sessions -5"},
 		{name: "per-client 0", args: []string{"--max-sessions-per-client", "0"}, wantErr: "--max-sessions-per-client 0"},
+		{name: "ports per client 0", args: []string{"--max-ports-per-client", "0"}, wantErr: "--max-ports-per-client 0"},
 		{name: "pinhole-timeout 0", args: []string{"--pinhole-timeout", "0s"}, wantErr: "--pinhole-timeout 0s"},
 		{name: "pinhole-timeout negative", args: []string{"--pinhole-timeout", "-1s"}, wantErr: "--pinhole-timeout -1s"},
 		{name: "idle-timeout 0", args: []string{"--idle-timeout", "0s"}, wantErr: "--idle-timeout"},
