@@ -56,6 +56,7 @@ type Options struct {
 	Realtime         func() bool   // whether the daemon runs at a real-time priority; may be nil
 	LostEvents       func() uint64 // times the kernel dropped conntrack events so far; may be nil
 	RacedConnections func() uint64 // raced second connections through one-shot pinholes found so far; may be nil
+	EventsListening  func() bool   // whether the conntrack event listener runs; may be nil
 }
 
 // New creates the collectors and registers them.
@@ -167,6 +168,17 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 			Namespace: namespace, Name: "pinhole_raced_connections_total",
 			Help: "Second connections whose opening SYN raced the first through a one-shot pinhole; ftpgate cuts each by deleting its conntrack entry and logs an error when it cannot.",
 		}, func() float64 { return float64(o.RacedConnections()) }))
+	}
+	if o.EventsListening != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "conntrack_events_listening",
+			Help: "1 while the conntrack event listener runs; 0 if it could not start or stopped on a socket error: used pinholes then count as expired, data connections are not counted and raced connections are not cut until ftpgate restarts.",
+		}, func() float64 {
+			if o.EventsListening() {
+				return 1
+			}
+			return 0
+		}))
 	}
 	m.byVerb = map[string]prometheus.Counter{"other": m.commands.WithLabelValues("other")}
 	for _, v := range knownVerbs {

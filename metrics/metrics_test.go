@@ -21,8 +21,9 @@ func TestMetricsLintClean(t *testing.T) {
 	var realtime atomic.Bool
 	realtime.Store(true)
 	var lost, raced atomic.Uint64
+	var listening atomic.Bool
 	m := New(reg, Options{Mode: "reverse", Version: "test", ActivePinholes: func() int { return 3 }, Realtime: realtime.Load,
-		LostEvents: lost.Load, RacedConnections: raced.Load})
+		LostEvents: lost.Load, RacedConnections: raced.Load, EventsListening: listening.Load})
 	f := proxy.Flow{Src: netip.MustParseAddr("fd77::2"), Dst: netip.MustParseAddrPort("[fd77:1::2]:50000"), Dir: proxy.Passive}
 	m.SessionStarted()
 	m.Command("RETR")
@@ -88,6 +89,19 @@ ftpgate_conntrack_events_lost_total `+want+`
 ftpgate_pinhole_raced_connections_total `+strconv.FormatUint(n+1, 10)+"\n"), "ftpgate_conntrack_events_lost_total", "ftpgate_pinhole_raced_connections_total")
 		if err != nil {
 			t.Errorf("lost %d, raced %d: %v", n, n+1, err)
+		}
+	}
+	for _, on := range []bool{true, false} {
+		listening.Store(on)
+		want := "0"
+		if on {
+			want = "1"
+		}
+		err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP ftpgate_conntrack_events_listening 1 while the conntrack event listener runs; 0 if it could not start or stopped on a socket error: used pinholes then count as expired, data connections are not counted and raced connections are not cut until ftpgate restarts.
+# TYPE ftpgate_conntrack_events_listening gauge
+ftpgate_conntrack_events_listening `+want+"\n"), "ftpgate_conntrack_events_listening")
+		if err != nil {
+			t.Errorf("listening %v: %v", on, err)
 		}
 	}
 }

@@ -46,6 +46,7 @@ type ctEvents struct {
 	ctHandlers
 	lost     atomic.Uint64 // times the kernel dropped events (ENOBUFS)
 	stopping atomic.Bool
+	ended    atomic.Bool // run returned: on a fatal error or after stop
 	done     sync.WaitGroup
 }
 
@@ -162,6 +163,7 @@ const ctDatagramSize = 32 << 10
 
 func (ev *ctEvents) run() {
 	defer ev.done.Done()
+	defer ev.ended.Store(true)
 	for {
 		msgs, err := ev.receive()
 		if ev.stopping.Load() {
@@ -170,6 +172,7 @@ func (ev *ctEvents) run() {
 		if err != nil {
 			// receive goes on after lost events; anything else it returns
 			// ends the listener.
+			ev.ended.Store(true) // before onErr logs it
 			ev.onErr(fmt.Errorf("conntrack event listener: %w", err), true)
 			return
 		}

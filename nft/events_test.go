@@ -160,7 +160,9 @@ func (fakeRawConn) Read(f func(uintptr) bool) error {
 
 // TestEventsReceiveErrors: lost events (ENOBUFS) are counted and reading
 // goes on; any other receive error ends the listener, reported once as
-// stopped.
+// stopped. Firewall.EventsListening is true while it reads and false from
+// the report on; a listener ended by stop is not reported but no longer
+// listening either, and a Firewall without one never was.
 func TestEventsReceiveErrors(t *testing.T) {
 	noop := make([]byte, unix.NLMSG_HDRLEN) // one empty netlink message
 	binary.NativeEndian.PutUint32(noop[0:4], unix.NLMSG_HDRLEN)
@@ -184,6 +186,7 @@ func TestEventsReceiveErrors(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			var lost []uint64
 			var msgs, fatal int
+			fw := &Firewall{}
 			ev := &ctEvents{rc: fakeRawConn{}, buf: make([]byte, 64), ctHandlers: ctHandlers{
 				onLost: func(n uint64) { lost = append(lost, n) },
 				onErr: func(err error, stopped bool) {
@@ -192,12 +195,19 @@ func TestEventsReceiveErrors(t *testing.T) {
 						return
 					}
 					fatal++
+					if fw.EventsListening() {
+						t.Error("EventsListening() true when the listener reports it stopped")
+					}
 				},
 			}}
+			fw.events = ev
 			i := 0
 			ev.readFn = func(uintptr) bool {
 				if i == len(c.reads) {
 					t.Fatal("read after the listener should have stopped")
+				}
+				if !fw.EventsListening() {
+					t.Errorf("read %d: EventsListening() false while the listener runs", i)
 				}
 				r := c.reads[i]
 				i++
@@ -215,7 +225,31 @@ func TestEventsReceiveErrors(t *testing.T) {
 			if msgs != c.wantMsgs || (fatal == 1) != c.wantFatal || fatal > 1 {
 				t.Errorf("%d messages handled and %d stops, want %d and stopped=%v", msgs, fatal, c.wantMsgs, c.wantFatal)
 			}
+			if fw.EventsListening() {
+				t.Error("EventsListening() true after the listener ended")
+			}
 		})
+	}
+	t.Run("ended by stop", func(t *testing.T) {
+		fw := &Firewall{}
+		ev := &ctEvents{rc: fakeRawConn{}, buf: make([]byte, 64), ctHandlers: ctHandlers{
+			onErr: func(err error, stopped bool) { t.Errorf("onErr(%v, %v) after stop", err, stopped) },
+		}}
+		fw.events = ev
+		ev.readFn = func(uintptr) bool {
+			// stop closed the socket under the blocked read
+			ev.stopping.Store(true)
+			ev.errno, ev.n = unix.EBADF, 0
+			return true
+		}
+		ev.done.Add(1)
+		ev.run()
+		if fw.EventsListening() {
+			t.Error("EventsListening() true after stop")
+		}
+	})
+	if (&Firewall{}).EventsListening() {
+		t.Error("EventsListening() true without a listener")
 	}
 }
 

@@ -640,6 +640,15 @@ func (fw *Firewall) LostEvents() uint64 {
 	return fw.events.lost.Load()
 }
 
+// EventsListening reports whether the conntrack event listener runs: false
+// if it could not start (New logged why) or stopped on a fatal socket error
+// (onEventsErr logged it) or because the Firewall was closed. Without it,
+// used pinholes are reported as expired, data connections are not counted
+// and connections racing through one-shot pinholes are not cut.
+func (fw *Firewall) EventsListening() bool {
+	return fw.events != nil && !fw.events.ended.Load()
+}
+
 // maxDataConns bounds the data connections followed until their conntrack
 // entries go.
 const maxDataConns = 1 << 16

@@ -14,7 +14,8 @@
 #               no_new_privs, and the unit's seccomp policy (SystemCallFilter,
 #               SystemCallErrorNumber, RestrictAddressFamilies,
 #               MemoryDenyWriteExecute) rebuilt with libseccomp; transparent
-#               mode gets ready, reverse mode listens on :21 and relays an FTP
+#               mode gets ready (its conntrack event listener running),
+#               reverse mode listens on :21 and relays an FTP
 #               dialogue (PASV rewritten into --passive-ports, pinhole opened);
 #               both leave nothing behind on SIGTERM. Along the way: READY=1
 #               and STOPPING=1 reach $NOTIFY_SOCKET (Type=notify), SIGHUP
@@ -390,6 +391,8 @@ unit_runtime_transparent() {
 	grep -q '^Uid:[[:space:]]*61184' /proc/"$FGPID"/status || { echo "not running as uid 61184"; return 1; }
 	[ "$seccomp" = 2 ] || { echo "no seccomp filter on ftpgate (Seccomp: $seccomp)"; return 1; }
 	in_ns nft list table inet ftpgate >/dev/null || { echo "no table inet ftpgate while ready"; return 1; }
+	grep -q '^ftpgate_conntrack_events_listening 1$' "$TMP/metrics.txt" ||
+		{ echo "ftpgate_conntrack_events_listening is not 1: the conntrack event listener does not run under the unit's sandbox"; cat "$log"; return 1; }
 	local sched=normal
 	if grep -q '^CPUSchedulingPolicy=rr$' "$UNIT"; then
 		grep -q '^ftpgate_realtime_scheduling 1$' "$TMP/metrics.txt" ||
@@ -404,7 +407,7 @@ unit_runtime_transparent() {
 	in_ns curl -fsS -o /dev/null http://127.0.0.1:9121/readyz || { echo "not ready after SIGHUP"; cat "$log"; return 1; }
 	stop_ftpgate 30 || { cat "$log"; return 1; }
 	grep -q '^STOPPING=1$' "$TMP/notify.out" || { echo "no STOPPING=1 on \$NOTIFY_SOCKET"; return 1; }
-	say "uid 61184, CapEff $caps, seccomp filter, $sched scheduling: ready, READY=1 sent, table installed, SIGHUP reloads, clean exit on SIGTERM"
+	say "uid 61184, CapEff $caps, seccomp filter, $sched scheduling: ready, READY=1 sent, table installed, conntrack events watched, SIGHUP reloads, clean exit on SIGTERM"
 }
 
 # wait_for_line FILE REGEX: up to 5s for a line of FILE to match.
@@ -588,6 +591,7 @@ METRICS = {
     "ftpgate_realtime_scheduling": ("gauge", set()),
     "ftpgate_conntrack_events_lost_total": ("counter", set()),
     "ftpgate_pinhole_raced_connections_total": ("counter", set()),
+    "ftpgate_conntrack_events_listening": ("gauge", set()),
     "ftpgate_tls_sessions_total": ("counter", {"action"}),
     "ftpgate_data_connections_total": ("counter", {"direction"}),
     "ftpgate_data_bytes_total": ("counter", {"direction"}),

@@ -83,6 +83,8 @@ func runCmd(args []string) error {
 			return 0
 		}
 		return fw.RacedConnections()
+	}, EventsListening: func() bool {
+		return fw != nil && fw.EventsListening()
 	}})
 	ncfg.OnPinholeEnd, ncfg.OnDataEnd = m.PinholeEnded, m.DataConnectionEnded
 
