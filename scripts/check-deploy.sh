@@ -1045,8 +1045,12 @@ def cmd_alerts(path):
             for k in ("summary", "description"):
                 if len(str(a.get(k, ""))) < 20:
                     probs.append(f"{n}: annotation {k} missing or too short")
-            if r.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
-                probs.append(f"{n}: labels.severity must be critical, warning or info")
+            # A templated severity ({{ if ... }}critical{{ else }}warning{{ end }})
+            # may only choose between those values.
+            sev = str(r.get("labels", {}).get("severity", ""))
+            choices = [x.strip() for x in re.split(r"\{\{.*?\}\}", sev)]
+            if not any(choices) or any(c and c not in ("critical", "warning", "info") for c in choices):
+                probs.append(f"{n}: labels.severity must be critical, warning or info (or a template choosing among them)")
             p, u = promql_check(r["expr"], external=True)
             used |= u
             probs += [f"{n}: {x}" for x in p]
