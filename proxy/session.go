@@ -328,19 +328,18 @@ func (s *session) relayCommands() {
 		if err != nil {
 			return
 		}
-		if s.pipelined() >= maxPipelined {
-			s.refused(ReasonPipeline, "too many commands awaiting replies", "max", maxPipelined)
-			s.mu.Lock()
+		verb, arg := ParseCommand(line)
+		s.mu.Lock()
+		if len(s.pending) >= maxPipelined {
 			s.endReason = "pipeline_overflow"
 			s.writeClientLocked("421 ftpgate: too many commands awaiting replies, closing the control connection")
 			s.mu.Unlock()
+			s.refused(ReasonPipeline, "too many commands awaiting replies", "max", maxPipelined)
 			return
 		}
-		verb, arg := ParseCommand(line)
-		s.cfg.Observer.Command(verb)
-		s.mu.Lock()
 		s.commands++
 		s.mu.Unlock()
+		s.cfg.Observer.Command(verb)
 		if verb == "PASS" {
 			s.log.Debug("command", "line", "PASS ****")
 		} else {
@@ -424,13 +423,10 @@ func (s *session) relayCommands() {
 }
 
 // waiting reports whether a forwarded command still awaits its reply.
-func (s *session) waiting() bool { return s.pipelined() > 0 }
-
-// pipelined counts the commands awaiting their replies.
-func (s *session) pipelined() int {
+func (s *session) waiting() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.pending)
+	return len(s.pending) > 0
 }
 
 func isAnonymous(user string) bool {
