@@ -95,6 +95,7 @@ type BenchConfig struct {
 	BudgetS      int      `json:"budget_s"`          // FTPGATE_BENCH_BUDGET: no new round starts that would end after this many seconds
 	Nice         int      `json:"nice"`              // FTPGATE_BENCH_NICE: ftpgate's --nice (default -10, as the shipped systemd unit's Nice=)
 	RTPriority   int      `json:"rt_priority"`       // FTPGATE_BENCH_RT: ftpgate's --rt-priority (default 1, as the unit's CPUSchedulingPolicy=rr, CPUSchedulingPriority=1; 0: off)
+	SysmonPoll   bool     `json:"sysmon_poll"`       // FTPGATE_BENCH_SYSMON_POLL: ftpgate's --sysmon-poll (default 1, the tuning for a busy gateway; 0: off)
 	RoundsDone   int      `json:"rounds_done"`
 	Modes        []Mode   `json:"modes"`
 	Family       int      `json:"family"`
@@ -121,6 +122,7 @@ func loadBenchConfig() BenchConfig {
 		ChurnTime:    "3s",
 		Nice:         -10,
 		RTPriority:   benchEnvInt("FTPGATE_BENCH_RT", 1),
+		SysmonPoll:   benchEnvInt("FTPGATE_BENCH_SYSMON_POLL", 1) != 0,
 		Setups:       allSetups,
 		Modes:        Modes,
 		Family:       4,
@@ -405,7 +407,8 @@ func (b *benchRun) newLabs() {
 		}
 		sl := &setupLab{name: s, lab: l, target: l.ServerIP4}
 		ftpgateArgs := []string{"--log-level", "warn", "--max-sessions-per-client", "4096", "--max-sessions", "8192",
-			"--nice", strconv.Itoa(b.cfg.Nice), "--rt-priority", strconv.Itoa(b.cfg.RTPriority)}
+			"--nice", strconv.Itoa(b.cfg.Nice), "--rt-priority", strconv.Itoa(b.cfg.RTPriority),
+			"--sysmon-poll=" + strconv.FormatBool(b.cfg.SysmonPoll)}
 		switch s {
 		case setupHelper:
 			l.HostFirewallWith(t, HostFirewallOpts{CtMarkLine: true, KernelHelper: true})
@@ -1358,8 +1361,8 @@ func (b *benchRun) table() string {
 	fmt.Fprintf(&w, "ftpgate benchmark — %s — %s\n", rep.Started.Format(time.RFC3339), m.Host)
 	fmt.Fprintf(&w, "machine: %d x %s, kernel %s, %s, %s; getpid() %.0f ns; load average %s at start, %s at end\n",
 		m.NProc, m.CPU, m.Kernel, m.MemTotal, m.GoVersion, m.GetpidNs, rep.LoadStart, rep.LoadEnd)
-	fmt.Fprintf(&w, "run: %d rounds (setup order rotated each round), %d sessions per cell, modes %v over IPv4, %d-byte RETR; ftpgate --nice %d --rt-priority %d; %.0f s\n",
-		rep.Config.RoundsDone, b.cfg.Sessions, b.cfg.Modes, b.cfg.FileBytes, b.cfg.Nice, b.cfg.RTPriority, rep.Seconds)
+	fmt.Fprintf(&w, "run: %d rounds (setup order rotated each round), %d sessions per cell, modes %v over IPv4, %d-byte RETR; ftpgate --nice %d --rt-priority %d --sysmon-poll=%t; %.0f s\n",
+		rep.Config.RoundsDone, b.cfg.Sessions, b.cfg.Modes, b.cfg.FileBytes, b.cfg.Nice, b.cfg.RTPriority, b.cfg.SysmonPoll, rep.Seconds)
 	fmt.Fprintf(&w, "medians over rounds; ratios = median over rounds of (setup / kernel helper in the same round)\n\n")
 	for s, why := range rep.Skipped {
 		fmt.Fprintf(&w, "SKIPPED %s: %s\n", s, why)

@@ -46,15 +46,20 @@ func TestDrainOnSIGTERMAndReloadOnSIGHUP(t *testing.T) {
 	l.HostFirewall(t, true)
 	l.StartVsftpd(t)
 	conf := filepath.Join(l.Dir, "ftpgate.yaml")
-	if err := os.WriteFile(conf, []byte("pinhole-timeout: 20s\n"), 0o644); err != nil {
+	// sysmon-poll: the daemon executes itself again at start; signals,
+	// reloads and the drain must work on the new image.
+	if err := os.WriteFile(conf, []byte("pinhole-timeout: 20s\nsysmon-poll: true\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	g := l.StartFtpgate(t, "--config", conf, "--shutdown-grace", "3s")
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(g.LogText(), "sysmon_poll=true") }) {
+		t.Errorf("--sysmon-poll (config file) did not take effect:\n%s", g.LogText())
+	}
 
 	old := dialControl(t, l, l.ServerIP4)
 
 	// Reload: new sessions are read-only, the running one keeps its policy.
-	if err := os.WriteFile(conf, []byte("pinhole-timeout: 20s\ndeny-commands: [STOR, DELE]\n"), 0o644); err != nil {
+	if err := os.WriteFile(conf, []byte("pinhole-timeout: 20s\nsysmon-poll: true\ndeny-commands: [STOR, DELE]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	g.Signal(syscall.SIGHUP)

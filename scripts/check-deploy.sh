@@ -370,8 +370,11 @@ unit_sandbox() {
 unit_runtime_transparent() {
 	local sb log=$TMP/unit-transparent.log conf=$TMP/unit-transparent.yaml notify=$TMP/notify.sock
 	sb=$(unit_sandbox) || return 1
-	# A copy of the config that the SIGHUP below rereads after a change.
+	# A copy of the config that the SIGHUP below rereads after a change, with
+	# sysmon-poll on: ftpgate executes itself again at start, which must keep
+	# its capabilities and pass the unit's seccomp policy.
 	cp "$CONF" "$conf" && chmod 0644 "$conf" || return 1
+	sed -i 's/^sysmon-poll: .*/sysmon-poll: true/' "$conf"
 	# systemd's side of Type=notify: a datagram socket ftpgate (uid 61184,
 	# the unit's seccomp policy) must be able to write to.
 	"$PY" "$TMP/check.py" notify-listen "$notify" "$TMP/notify.out" &
@@ -390,6 +393,7 @@ unit_runtime_transparent() {
 	seccomp=$(awk '/^Seccomp:/ {print $2}' /proc/"$FGPID"/status)
 	grep -q '^Uid:[[:space:]]*61184' /proc/"$FGPID"/status || { echo "not running as uid 61184"; return 1; }
 	[ "$seccomp" = 2 ] || { echo "no seccomp filter on ftpgate (Seccomp: $seccomp)"; return 1; }
+	wait_for_line "$log" 'sysmon_poll=true' || { echo "sysmon-poll: true did not take effect (ftpgate executes itself again)"; cat "$log"; return 1; }
 	in_ns nft list table inet ftpgate >/dev/null || { echo "no table inet ftpgate while ready"; return 1; }
 	grep -q '^ftpgate_conntrack_events_listening 1$' "$TMP/metrics.txt" ||
 		{ echo "ftpgate_conntrack_events_listening is not 1: the conntrack event listener does not run under the unit's sandbox"; cat "$log"; return 1; }
@@ -407,7 +411,7 @@ unit_runtime_transparent() {
 	in_ns curl -fsS -o /dev/null http://127.0.0.1:9121/readyz || { echo "not ready after SIGHUP"; cat "$log"; return 1; }
 	stop_ftpgate 30 || { cat "$log"; return 1; }
 	grep -q '^STOPPING=1$' "$TMP/notify.out" || { echo "no STOPPING=1 on \$NOTIFY_SOCKET"; return 1; }
-	say "uid 61184, CapEff $caps, seccomp filter, $sched scheduling: ready, READY=1 sent, table installed, conntrack events watched, SIGHUP reloads, clean exit on SIGTERM"
+	say "uid 61184, CapEff $caps, seccomp filter, $sched scheduling, sysmon-poll (re-exec): ready, READY=1 sent, table installed, conntrack events watched, SIGHUP reloads, clean exit on SIGTERM"
 }
 
 # wait_for_line FILE REGEX: up to 5s for a line of FILE to match.

@@ -53,6 +53,7 @@ type options struct {
 	rtPriority           int
 	procs                int
 	procsSet             bool // --procs was given (flag, environment or config file)
+	sysmonPoll           bool
 	statusEndpoint       bool
 
 	// values holds every flag's final value as text, so that a reload can
@@ -111,6 +112,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.IntVar(&o.procs, "procs", 1, "threads running Go code at once (GOMAXPROCS; 0: one per CPU). One suits a control-channel proxy: each line is microseconds of work and the data stays in the kernel, and one thread avoids waking others per line; raise it for thousands of new sessions per second. Unset, a GOMAXPROCS environment variable wins (read at start only)")
 	fs.IntVar(&o.nice, "nice", 0, "scheduling priority of the daemon's threads, -20 (most favourable) to 19; 0 leaves it as started (read at start only)")
 	fs.IntVar(&o.rtPriority, "rt-priority", 0, "run the daemon's threads at this real-time priority (SCHED_RR, 1-99; 0: as started). Under load it keeps pinhole openings in the sub-millisecond range; a thread busy for "+rtBudget.String()+" without pause drops the daemon back to normal scheduling (read at start only)")
+	fs.BoolVar(&o.sysmonPoll, "sysmon-poll", false, "keep the Go runtime's monitor thread polling (every 10 ms at most) while the daemon is idle instead of sleeping until a system call wakes it, which happens a few times per session: about a quarter less CPU per session, for ~100 wakeups a second when idle; for gateways with more than a few new sessions a second. ftpgate executes itself again with GODEBUG="+sysmonPollGODEBUG+" (the runtime then prints a SCHED line at most every 24.8 days of uptime) (read at start only)")
 	fs.StringVar(&o.tls, "tls", "refuse", "AUTH TLS: refuse (clients fall back to plain FTP) or passthrough (relay the encrypted channel blind; no data pinholes)")
 	return fs
 }

@@ -45,6 +45,10 @@ func runCmd(args []string) error {
 		fmt.Print(nft.Ruleset(ncfg))
 		return nil
 	}
+	if o.sysmonPoll && !sysmonPolls(os.Getenv("GODEBUG")) {
+		// Before anything is opened: the new image inherits descriptors.
+		return execWithSysmonPoll()
+	}
 	log, err := o.logger(os.Stderr)
 	if err != nil {
 		return err
@@ -155,7 +159,8 @@ func runCmd(args []string) error {
 	ready.Store(true)
 	sdNotify(log, daemon.SdNotifyReady)
 	log.Info("ftpgate running", "version", version, "mode", o.mode, "listen", o.listen.String(), "upstream", o.upstream,
-		"intercept_ports", o.interceptPorts.String(), "metrics", o.metricsListen, "ct_mark", o.ctMark)
+		"intercept_ports", o.interceptPorts.String(), "metrics", o.metricsListen, "ct_mark", o.ctMark,
+		"sysmon_poll", sysmonPolls(os.Getenv("GODEBUG")))
 
 	sig := waitForStop(sigs, func() { reload(args, o, srv, log) })
 	sdNotify(log, daemon.SdNotifyStopping)

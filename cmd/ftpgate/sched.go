@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -165,4 +166,56 @@ func setProcs(n int, given bool) {
 		return
 	}
 	runtime.GOMAXPROCS(n)
+}
+
+// sysmonPollGODEBUG keeps the Go runtime's monitor thread (sysmon) out of
+// its deep sleep. Deeply asleep, it is woken by the first system call that
+// enters the runtime's syscall state after the daemon was idle (accept,
+// close, the netlink batch: a few per session), polls every 20 µs until the
+// daemon is idle again and sleeps again: ~7 of the ~22 context switches of a
+// session on the bench. The runtime has no switch for this but a schedule
+// trace, which also keeps sysmon polling (backing off to every 10 ms when
+// idle); one due every 2^31-1 ms prints a line at most every 24.8 days of
+// uptime.
+const sysmonPollGODEBUG = "schedtrace=2147483647"
+
+// sysmonPolls reports whether the GODEBUG value godebug keeps sysmon polling,
+// read as the runtime reads it at start: left to right, the last valid
+// setting wins.
+func sysmonPolls(godebug string) bool {
+	on := false
+	for _, field := range strings.Split(godebug, ",") {
+		if v, ok := strings.CutPrefix(field, "schedtrace="); ok {
+			if n, err := strconv.ParseInt(v, 10, 32); err == nil {
+				on = n > 0
+			}
+		}
+	}
+	return on
+}
+
+// withSysmonPoll returns env with GODEBUG extended to keep sysmon polling;
+// other GODEBUG settings stay.
+func withSysmonPoll(env []string) []string {
+	out := make([]string, 0, len(env)+1)
+	godebug := sysmonPollGODEBUG
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+			if v != "" {
+				godebug = v + "," + sysmonPollGODEBUG
+			}
+			continue
+		}
+		out = append(out, kv)
+	}
+	return append(out, "GODEBUG="+godebug)
+}
+
+// execWithSysmonPoll applies --sysmon-poll: the runtime reads GODEBUG at
+// start only, so the daemon executes itself again (same process, same
+// arguments) with the setting added. On success it does not return.
+func execWithSysmonPoll() error {
+	err := syscall.Exec("/proc/self/exe", os.Args, withSysmonPoll(os.Environ()))
+	return fmt.Errorf("--sysmon-poll: executing ftpgate again with GODEBUG=%s: %w; set GODEBUG=%s in its environment instead, or run without --sysmon-poll",
+		sysmonPollGODEBUG, err, sysmonPollGODEBUG)
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -225,4 +226,89 @@ func TestProcsOption(t *testing.T) {
 	if _, err := o.proxyConfig(); err == nil {
 		t.Error("--procs -1 accepted")
 	}
+}
+
+func TestSysmonPolls(t *testing.T) {
+	tests := []struct {
+		godebug string
+		want    bool
+	}{
+		{"", false},
+		{sysmonPollGODEBUG, true},
+		{"schedtrace=1000", true},
+		{"schedtrace=0", false},
+		{"madvdontneed=1," + sysmonPollGODEBUG, true},
+		{sysmonPollGODEBUG + ",schedtrace=0", false},   // the last one wins
+		{sysmonPollGODEBUG + ",schedtrace=junk", true}, // the runtime skips invalid values
+		{"schedtrace=99999999999", false},              // out of int32: skipped
+		{"xschedtrace=5", false},
+	}
+	for _, tc := range tests {
+		if got := sysmonPolls(tc.godebug); got != tc.want {
+			t.Errorf("sysmonPolls(%q) = %v, want %v", tc.godebug, got, tc.want)
+		}
+	}
+}
+
+func TestWithSysmonPoll(t *testing.T) {
+	tests := []struct {
+		env  []string
+		want []string
+	}{
+		{[]string{"PATH=/bin"}, []string{"PATH=/bin", "GODEBUG=" + sysmonPollGODEBUG}},
+		{[]string{"GODEBUG=", "A=1"}, []string{"A=1", "GODEBUG=" + sysmonPollGODEBUG}},
+		{[]string{"GODEBUG=madvdontneed=1", "A=1"}, []string{"A=1", "GODEBUG=madvdontneed=1," + sysmonPollGODEBUG}},
+		{[]string{"GODEBUG=schedtrace=0"}, []string{"GODEBUG=schedtrace=0," + sysmonPollGODEBUG}},
+	}
+	for _, tc := range tests {
+		got := withSysmonPoll(tc.env)
+		if strings.Join(got, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("withSysmonPoll(%q) = %q, want %q", tc.env, got, tc.want)
+		}
+		if !sysmonPolls(strings.TrimPrefix(got[len(got)-1], "GODEBUG=")) {
+			t.Errorf("withSysmonPoll(%q): sysmon would not poll", tc.env)
+		}
+	}
+}
+
+// TestExecWithSysmonPoll executes a child process again the way --sysmon-poll
+// does and checks that, idle, the runtime's monitor thread keeps waking (a
+// deeply asleep one would not switch at all while the process sleeps).
+func TestExecWithSysmonPoll(t *testing.T) {
+	if !inChild(t.Name()) {
+		runChild(t, t.Name())
+		return
+	}
+	if !sysmonPolls(os.Getenv("GODEBUG")) {
+		t.Fatal(execWithSysmonPoll()) // returns only on failure
+	}
+	before := contextSwitches(t)
+	time.Sleep(500 * time.Millisecond)
+	if n := contextSwitches(t) - before; n < 10 {
+		t.Errorf("%d context switches in 500 ms idle with GODEBUG=%s; want sysmon polling (~50)", n, os.Getenv("GODEBUG"))
+	}
+}
+
+// contextSwitches sums the voluntary and involuntary context switches of
+// every thread of the process.
+func contextSwitches(t *testing.T) int {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/status")
+		if err != nil {
+			continue // exited meanwhile
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) == 2 && strings.HasSuffix(f[0], "ctxt_switches:") {
+				v, _ := strconv.Atoi(f[1])
+				n += v
+			}
+		}
+	}
+	return n
 }
