@@ -50,7 +50,6 @@ TMP=$(mktemp -d /tmp/ftpgate-check-deploy.XXXXXX)
 chmod 0755 "$TMP" # the non-root runs below execute the binary and the helper from here
 SRVPID=
 FGPID=
-OWN_POLICY= # /usr/sbin/policy-rc.d while this script owns it
 BGPIDS=() # helpers started in the background (notify listener, held sessions)
 FAILED=0
 START=$(date +%s)
@@ -74,9 +73,6 @@ cleanup() {
 		wait "$FGPID" 2>/dev/null
 	fi
 	ip netns del "$NS" 2>/dev/null
-	# A policy-rc.d of ours left by an interrupted install would keep every
-	# later package from starting its service.
-	[ -n "$OWN_POLICY" ] && rm -f "$OWN_POLICY"
 	rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -129,19 +125,9 @@ deps() {
 	done
 	pick_python || missing+=(python3-yaml python3-seccomp)
 	if ((${#missing[@]})); then
-		command -v apt-get >/dev/null || { echo "missing: ${missing[*]}; no apt-get to install them"; return 1; }
-		echo "installing: ${missing[*]}"
-		export DEBIAN_FRONTEND=noninteractive
-		# Packages must not start services here (prometheus would): the
-		# standard policy-rc.d mechanism, only if no policy exists already.
-		local policy=/usr/sbin/policy-rc.d
-		if [ ! -e "$policy" ]; then
-			printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && OWN_POLICY=$policy
-		fi
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
-		local rc=$?
-		[ -n "$OWN_POLICY" ] && rm -f "$OWN_POLICY" && OWN_POLICY=
-		[ $rc = 0 ] || return 1
+		# make check-deploy has run it already; this covers running the script alone.
+		echo "missing: ${missing[*]}; installing with scripts/install-deps.sh deploy"
+		GO="$GO" ./scripts/install-deps.sh deploy || return 1
 		pick_python || { echo "python3 cannot import yaml and seccomp after installing python3-yaml python3-seccomp"; return 1; }
 	fi
 	command -v "$GO" >/dev/null || { echo "no Go toolchain ('$GO') in PATH"; return 1; }

@@ -68,7 +68,10 @@ if ((${#missing[@]})); then
 			chmod 0755 "$policy"
 			own_policy=1
 		fi
+		# Left behind, it would keep every later package from starting its
+		# service: removed on any exit, also on Ctrl-C or SIGTERM.
 		trap 'if [ "$own_policy" = 1 ]; then rm -f "$policy"; fi' EXIT
+		trap 'exit 130' INT TERM
 		# A just-booted Debian may still be running apt (unattended upgrades,
 		# cloud-init): wait for its lock instead of failing at once.
 		apt_opts=(-o DPkg::Lock::Timeout=120)
