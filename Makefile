@@ -6,10 +6,13 @@
 #
 # Go: the go command in PATH, with /usr/local/go/bin (where the go.dev
 # release unpacks) put first when it exists; GO=/path/to/go picks another.
-# sudo resets PATH (Debian's secure_path), so through sudo keep yours:
+# sudo resets PATH (Debian's secure_path): for a go elsewhere, keep yours:
 #   sudo env PATH="$PATH" make test
+# nft, vsftpd, sysctl and conntrack live in /usr/sbin and /sbin, which a
+# user's PATH (kept that way) lacks on Debian: appended here.
 
 SHELL        := /bin/bash
+export PATH  := $(PATH):/usr/sbin:/sbin
 ifneq ($(wildcard /usr/local/go/bin/go),)
 export PATH  := /usr/local/go/bin:$(PATH)
 endif

@@ -253,6 +253,21 @@ func TestServerReload(t *testing.T) {
 		}
 		got += string(buf[:n])
 	}
+	// The port pool was sized at start: a new share per client is kept for
+	// the restart, and the rest of the reload still applies.
+	running := h.srv.Config().MaxPortsPerClient
+	cfg.MaxPortsPerClient, cfg.MaxSessions = running+5, 7
+	if err := h.srv.Reload(cfg); err != nil {
+		t.Fatalf("a reload changing --max-ports-per-client failed: %v", err)
+	}
+	if got := h.srv.Config(); got.MaxPortsPerClient != running || got.MaxSessions != 7 {
+		t.Errorf("after reload: MaxPortsPerClient %d (want the running %d), MaxSessions %d (want 7)", got.MaxPortsPerClient, running, got.MaxSessions)
+	}
+	cfg.PassivePorts = PortRange{61000, 61009}
+	if err := h.srv.Reload(cfg); err == nil {
+		t.Fatal("Reload changed the passive ports")
+	}
+	cfg = h.srv.Config()
 	cfg.Mode = Reverse
 	if err := h.srv.Reload(cfg); err == nil {
 		t.Fatal("Reload changed the mode")

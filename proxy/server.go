@@ -197,9 +197,12 @@ func (s *Server) Reload(cfg Config) error {
 		return errors.New("changing --mode or --upstream needs a restart")
 	}
 	cfg.setDefaults()
-	if cfg.PassivePorts != old.PassivePorts || cfg.MaxPortsPerClient != old.MaxPortsPerClient {
-		return errors.New("changing --passive-ports or --max-ports-per-client needs a restart")
+	if cfg.PassivePorts != old.PassivePorts {
+		return errors.New("changing --passive-ports needs a restart")
 	}
+	// The port pool was sized with it: the running value stays (the daemon
+	// names it among the settings that need a restart).
+	cfg.MaxPortsPerClient = old.MaxPortsPerClient
 	s.cfg.Store(&cfg)
 	return nil
 }

@@ -112,7 +112,7 @@ func newFlagSet(name string, o *options) *flag.FlagSet {
 	fs.IntVar(&o.procs, "procs", 1, "threads running Go code at once (GOMAXPROCS; 0: one per CPU). One suits a control-channel proxy: each line is microseconds of work and the data stays in the kernel, and one thread avoids waking others per line; raise it for thousands of new sessions per second. Unset, a GOMAXPROCS environment variable wins (read at start only)")
 	fs.IntVar(&o.nice, "nice", 0, "scheduling priority of the daemon's threads, -20 (most favourable) to 19; 0 leaves it as started (read at start only)")
 	fs.IntVar(&o.rtPriority, "rt-priority", 0, "run the daemon's threads at this real-time priority (SCHED_RR, 1-99; 0: as started). Under load it keeps pinhole openings in the sub-millisecond range; a thread busy for "+rtBudget.String()+" without pause drops the daemon back to normal scheduling (read at start only)")
-	fs.BoolVar(&o.sysmonPoll, "sysmon-poll", false, "keep the Go runtime's monitor thread polling (every 10 ms at most) while the daemon is idle instead of sleeping until a system call wakes it, which happens a few times per session: about a quarter less CPU per session, for ~100 wakeups a second when idle; for gateways with more than a few new sessions a second. ftpgate executes itself again with GODEBUG="+sysmonPollGODEBUG+" (the runtime then prints a SCHED line at most every 24.8 days of uptime) (read at start only)")
+	fs.BoolVar(&o.sysmonPoll, "sysmon-poll", false, "keep the Go runtime's monitor thread polling (every 10 ms at most) while the daemon is idle instead of sleeping until a system call wakes it, which happens a few times per session: about a quarter less CPU per session, for ~100 wakeups a second when idle; for gateways with more than a few new sessions a second. ftpgate executes itself again with GODEBUG="+sysmonPollGODEBUG+" (on a host up longer than 24.8 days the runtime then prints a SCHED line to stderr at start, and one every 24.8 days; a fatal error prints its scheduler state) (read at start only)")
 	fs.StringVar(&o.tls, "tls", "refuse", "AUTH TLS: refuse (clients fall back to plain FTP) or passthrough (relay the encrypted channel blind; no data pinholes)")
 	return fs
 }
@@ -134,6 +134,12 @@ func parseOptions(name string, args []string) (*options, error) {
 	fs.VisitAll(func(f *flag.Flag) {
 		env := "FTPGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		if v, ok := os.LookupEnv(env); ok && !explicit[f.Name] {
+			// Like the config file, the environment of a unit or a pod must
+			// not turn the daemon into a command that prints and exits.
+			if f.Name == "dry-run" {
+				errs = append(errs, env+" is not read: dry-run is a command-line flag only; unset it and run 'ftpgate run --dry-run'")
+				return
+			}
 			if err := fs.Set(f.Name, v); err != nil {
 				errs = append(errs, fmt.Sprintf("%s=%q: %v", env, v, err))
 			}
@@ -177,6 +183,11 @@ func applyConfigFile(fs *flag.FlagSet, path string, explicit map[string]bool) er
 		if explicit[key] {
 			continue
 		}
+		// "key:" with nothing after it is YAML's null, which fmt would
+		// spell "<nil>"; an empty value is written "".
+		if val == nil {
+			return fmt.Errorf("--config %s: %s has no value: write %s: \"\" for an empty one, or remove the key for the default", path, key, key)
+		}
 		values := []any{val}
 		if list, ok := val.([]any); ok {
 			values = list
@@ -202,6 +213,12 @@ func applyConfigFile(fs *flag.FlagSet, path string, explicit map[string]bool) er
 func (o *options) validate() (proxy.Config, nft.Config, error) {
 	if _, err := o.logger(io.Discard); err != nil {
 		return proxy.Config{}, nft.Config{}, err
+	}
+	if o.metricsListen != "" {
+		_, port, err := net.SplitHostPort(o.metricsListen)
+		if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil {
+			return proxy.Config{}, nft.Config{}, fmt.Errorf("--metrics-listen %q: want HOST:PORT such as 127.0.0.1:9121, or \"\" to turn it off", o.metricsListen)
+		}
 	}
 	pcfg, err := o.proxyConfig()
 	if err != nil {
@@ -234,6 +251,11 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 	switch o.mode {
 	case "transparent":
 		cfg.Mode = proxy.Transparent
+		// A reverse-mode config without its mode line would otherwise give a
+		// transparent gateway diverting to the public address, without a word.
+		if o.upstream != "" {
+			return cfg, fmt.Errorf("--upstream %q is for --mode reverse (protect one server); transparent mode relays to whatever server each client dials: set --mode reverse, or remove --upstream", o.upstream)
+		}
 	case "reverse":
 		cfg.Mode = proxy.Reverse
 		if o.upstream == "" {

@@ -236,6 +236,13 @@ func TestValidate(t *testing.T) {
 		{name: "reverse: passive ports hold the listener", args: []string{"--mode", "reverse", "--upstream", "ftp:21", "--listen", "203.0.113.5:50010"}, wantErr: "contains port 50010 of --listen"},
 
 		{name: "dry-run in the file", file: "dry-run: true\n", wantErr: "dry-run is a command-line flag only"},
+		{name: "FTPGATE_DRY_RUN", env: map[string]string{"FTPGATE_DRY_RUN": "true"}, wantErr: "dry-run is a command-line flag only"},
+		{name: "key without a value in the file", file: "metrics-listen:\n", wantErr: "metrics-listen has no value"},
+		{name: "metrics-listen off", file: "metrics-listen: \"\"\n"},
+		{name: "metrics-listen without port", args: []string{"--metrics-listen", "localhost"}, wantErr: "--metrics-listen \"localhost\": want HOST:PORT"},
+		{name: "metrics-listen bad port", args: []string{"--metrics-listen", "127.0.0.1:99999"}, wantErr: "--metrics-listen"},
+		{name: "metrics-listen all addresses", args: []string{"--metrics-listen", ":9121"}},
+		{name: "upstream in transparent mode", args: []string{"--upstream", "ftp.internal:21"}, wantErr: "--upstream \"ftp.internal:21\" is for --mode reverse"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
 		// Refused by nft's own checks (nft.Config.Validate), every problem
 		// named, on one line.

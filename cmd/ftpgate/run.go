@@ -47,7 +47,7 @@ func runCmd(args []string) error {
 	}
 	if o.sysmonPoll && !sysmonPolls(os.Getenv("GODEBUG")) {
 		// Before anything is opened: the new image inherits descriptors.
-		return execWithSysmonPoll()
+		return execWithSysmonPoll(sigs)
 	}
 	log, err := o.logger(os.Stderr)
 	if err != nil {
@@ -106,6 +106,13 @@ func runCmd(args []string) error {
 		}
 		lns = append(lns, ln)
 	}
+	var mln net.Listener // served once the daemon is wired up
+	if o.metricsListen != "" {
+		if mln, err = net.Listen("tcp", o.metricsListen); err != nil {
+			return fmt.Errorf("--metrics-listen %s: %w", o.metricsListen, err)
+		}
+		defer mln.Close()
+	}
 
 	if ncfg.Intercept {
 		// nft.New replaces these (and refuses someone else's); say so.
@@ -130,11 +137,7 @@ func runCmd(args []string) error {
 
 	var ready atomic.Bool
 	var httpSrv *http.Server
-	if o.metricsListen != "" {
-		mln, err := net.Listen("tcp", o.metricsListen)
-		if err != nil {
-			return fmt.Errorf("--metrics-listen %s: %w", o.metricsListen, err)
-		}
+	if mln != nil {
 		var status func() any // nil: no /status
 		if o.statusEndpoint {
 			status = func() any {

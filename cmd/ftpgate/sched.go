@@ -213,8 +213,20 @@ func withSysmonPoll(env []string) []string {
 
 // execWithSysmonPoll applies --sysmon-poll: the runtime reads GODEBUG at
 // start only, so the daemon executes itself again (same process, same
-// arguments) with the setting added. On success it does not return.
-func execWithSysmonPoll() error {
+// arguments) with the setting added. On success it does not return; it
+// returns nil, without executing, if sigs holds a stop signal (one caught
+// by this image would be lost with it).
+func execWithSysmonPoll(sigs <-chan os.Signal) error {
+	for len(sigs) > 0 {
+		if sig := <-sigs; sig != syscall.SIGHUP {
+			return nil
+		}
+	}
+	// An ignored signal stays ignored across exec, and Go keeps an inherited
+	// SIG_IGN of SIGHUP until signal.Notify: until the new image listens, a
+	// SIGHUP cannot end the daemon (systemd would count that as a clean
+	// stop). It loses nothing: the new image reads the config after that.
+	signal.Ignore(syscall.SIGHUP)
 	err := syscall.Exec("/proc/self/exe", os.Args, withSysmonPoll(os.Environ()))
 	return fmt.Errorf("--sysmon-poll: executing ftpgate again with GODEBUG=%s: %w; set GODEBUG=%s in its environment instead, or run without --sysmon-poll",
 		sysmonPollGODEBUG, err, sysmonPollGODEBUG)

@@ -6,10 +6,12 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -280,13 +282,51 @@ func TestExecWithSysmonPoll(t *testing.T) {
 		return
 	}
 	if !sysmonPolls(os.Getenv("GODEBUG")) {
-		t.Fatal(execWithSysmonPoll()) // returns only on failure
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGHUP)
+		sigs <- syscall.SIGHUP            // a pending reload does not stop the exec
+		t.Fatal(execWithSysmonPoll(sigs)) // returns only on failure
+	}
+	// Until run's signal.Notify, a SIGHUP must not end the new image.
+	if !sigIgnored(t, syscall.SIGHUP) {
+		t.Error("SIGHUP not ignored after the exec")
 	}
 	before := contextSwitches(t)
 	time.Sleep(500 * time.Millisecond)
 	if n := contextSwitches(t) - before; n < 10 {
 		t.Errorf("%d context switches in 500 ms idle with GODEBUG=%s; want sysmon polling (~50)", n, os.Getenv("GODEBUG"))
 	}
+}
+
+// A stop signal caught before the exec ends the start-up there.
+func TestExecWithSysmonPollStopPending(t *testing.T) {
+	sigs := make(chan os.Signal, 2)
+	sigs <- syscall.SIGHUP
+	sigs <- syscall.SIGTERM
+	if err := execWithSysmonPoll(sigs); err != nil {
+		t.Fatalf("execWithSysmonPoll with a SIGTERM pending = %v, want nil without executing", err)
+	}
+}
+
+// sigIgnored reports whether the process ignores sig (SigIgn in
+// /proc/self/status, a hex mask with bit sig-1).
+func sigIgnored(t *testing.T, sig syscall.Signal) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return mask&(1<<(uint(sig)-1)) != 0
+		}
+	}
+	t.Fatal("no SigIgn in /proc/self/status")
+	return false
 }
 
 // contextSwitches sums the voluntary and involuntary context switches of
