@@ -31,7 +31,7 @@ func statusCmd(args []string, w io.Writer) error {
 	client := http.Client{Timeout: 5 * time.Second}
 	resp, err := client.Get(url)
 	if err != nil {
-		return fmt.Errorf("cannot reach the running ftpgate at %s: %v — is it running, with the same --metrics-listen?", url, err)
+		return fmt.Errorf("cannot reach the running ftpgate at %s: %v — is it running, with the same --metrics-listen? Give the daemon's config: ftpgate status --config /etc/ftpgate/ftpgate.yaml", url, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotFound {
