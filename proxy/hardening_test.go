@@ -111,6 +111,10 @@ func TestSessionWrongDirection(t *testing.T) {
 	if got := h.server.received(); len(got) != 1 {
 		t.Fatalf("server received %q, want only NOOP", got)
 	}
+	// The client's reply and the server's PORT.
+	if logs := h.logs.String(); strings.Count(logs, "reason=wrong_direction") != 2 {
+		t.Fatalf("want 2 wrong_direction refusals:\n%s", logs)
+	}
 }
 
 func TestSessionDuplicated227(t *testing.T) {

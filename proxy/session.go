@@ -67,11 +67,17 @@ type session struct {
 	insideAddr netip.Addr
 	learned    bool // publicAddr was decided (transparent: lazily, in the command goroutine)
 
+	// What info reports, readable without mu: a reply goroutine holds mu
+	// for the whole of a write to a client that may not read.
+	connected  atomic.Bool // upstream and serverAddr are set
+	user       atomic.Pointer[string]
+	commands   atomic.Int64
+	pendingLen atomic.Int32 // len(pending), stored under mu
+
 	mu            sync.Mutex // guards everything below and writes to client
 	pending       []pendingCmd
 	epsvAll       bool
-	user          string
-	commands      int
+	told421       bool      // a 421 of the server's reached the client: ftpgate adds none
 	pinholes      []Pinhole // openings of this session, oldest first (ended ones are dropped lazily)
 	aborted       bool
 	quit          bool   // the client said QUIT: the server closing is expected
@@ -93,6 +99,7 @@ func newSession(srv *Server, cfg *Config, id uint64, c net.Conn, self netip.Addr
 		// The greeting is the reply to connecting.
 		pending: []pendingCmd{{verb: "connect"}},
 	}
+	s.pendingLen.Store(1)
 	s.clientRead.set, s.clientWrite.set = c.SetReadDeadline, c.SetWriteDeadline
 	s.log = cfg.Logger.With("session", id, "client", s.clientAddr.String())
 	if oobErr != nil {
@@ -143,7 +150,7 @@ func (s *session) run() {
 			result = "shutdown"
 		}
 		// The server is in s.log once connected.
-		args := []any{"user", s.user, "commands", s.commands,
+		args := []any{"user", s.userName(), "commands", s.commands.Load(),
 			"duration", d.Round(time.Millisecond), "result", result, "transfers", s.transfers}
 		if s.moreTransfers > 0 {
 			args = append(args, "transfers_not_listed", s.moreTransfers)
@@ -170,6 +177,7 @@ func (s *session) run() {
 	s.upstream = up
 	s.upstreamWrite.set = up.SetWriteDeadline
 	s.serverAddr = addrPortOf(up.RemoteAddr()).Addr()
+	s.connected.Store(true)
 	s.mu.Unlock()
 	s.insideAddr = addrPortOf(up.LocalAddr()).Addr()
 	s.log = s.log.With("server", s.serverAddr.String())
@@ -189,7 +197,9 @@ func (s *session) run() {
 		s.mu.Lock()
 		if !s.quit && !s.aborted && !s.tlsAccepted && s.endReason == "" {
 			s.endReason = "server_closed"
-			s.writeClientLocked("421 ftpgate: the FTP server closed the connection")
+			if !s.told421 { // else the client has the server's own reason
+				s.writeClientLocked("421 ftpgate: the FTP server closed the connection")
+			}
 		}
 		s.mu.Unlock()
 		s.client.Close() // the server is gone: so is the client's session
@@ -233,7 +243,20 @@ func (s *session) reply(text string) {
 		s.writeClientLocked(text)
 		return
 	}
-	s.pending = append(s.pending, pendingCmd{local: text})
+	s.pushLocked(pendingCmd{local: text})
+}
+
+// pushLocked queues p; mu is held.
+func (s *session) pushLocked(p pendingCmd) {
+	s.pending = append(s.pending, p)
+	s.pendingLen.Store(int32(len(s.pending)))
+}
+
+// popLocked drops the head of pending; mu is held. Only the reply
+// goroutine pops.
+func (s *session) popLocked() {
+	s.pending = s.pending[1:]
+	s.pendingLen.Store(int32(len(s.pending)))
 }
 
 func (s *session) writeClientLocked(line string) {
@@ -278,7 +301,7 @@ func (s *session) send(verb, line string, synch bool) {
 		p.start, p.size = time.Now(), -1
 	}
 	s.mu.Lock()
-	s.pending = append(s.pending, p)
+	s.pushLocked(p)
 	s.mu.Unlock()
 	s.upstreamWrite.extend(writeTimeout)
 	out := wireLine(line)
@@ -320,25 +343,19 @@ func (s *session) relayCommands() {
 			s.reply("421 ftpgate: idle timeout, closing the control connection")
 			return
 		}
-		if errors.Is(err, ErrLineTooLong) {
+		tooLong := errors.Is(err, ErrLineTooLong)
+		if err != nil && !tooLong {
+			return
+		}
+		if !s.admit() {
+			return
+		}
+		if tooLong {
 			s.refused(ReasonLineTooLong, "command line too long")
 			s.reply("500 ftpgate: command line too long")
 			continue
 		}
-		if err != nil {
-			return
-		}
 		verb, arg := ParseCommand(line)
-		s.mu.Lock()
-		if len(s.pending) >= maxPipelined {
-			s.endReason = "pipeline_overflow"
-			s.writeClientLocked("421 ftpgate: too many commands awaiting replies, closing the control connection")
-			s.mu.Unlock()
-			s.refused(ReasonPipeline, "too many commands awaiting replies", "max", maxPipelined)
-			return
-		}
-		s.commands++
-		s.mu.Unlock()
 		s.cfg.Observer.Command(verb)
 		if verb == "PASS" {
 			s.log.Debug("command", "line", "PASS ****")
@@ -372,9 +389,7 @@ func (s *session) relayCommands() {
 				s.reply("530 ftpgate: only anonymous logins are allowed through this gateway")
 				continue
 			}
-			s.mu.Lock()
-			s.user = arg
-			s.mu.Unlock()
+			s.user.Store(&arg)
 			s.forward(verb, line)
 		case "QUIT":
 			s.mu.Lock()
@@ -422,11 +437,31 @@ func (s *session) relayCommands() {
 	}
 }
 
-// waiting reports whether a forwarded command still awaits its reply.
-func (s *session) waiting() bool {
+// admit counts a command line. It returns false, having ended the session,
+// when too many commands await their replies: every line counts, an
+// over-long one too (its 500 waits in pending like any reply).
+func (s *session) admit() bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.pending) > 0
+	if len(s.pending) >= maxPipelined {
+		s.endReason = "pipeline_overflow"
+		s.writeClientLocked("421 ftpgate: too many commands awaiting replies, closing the control connection")
+		s.mu.Unlock()
+		s.refused(ReasonPipeline, "too many commands awaiting replies", "max", maxPipelined)
+		return false
+	}
+	s.commands.Add(1)
+	s.mu.Unlock()
+	return true
+}
+
+// waiting reports whether a forwarded command still awaits its reply.
+func (s *session) waiting() bool { return s.pendingLen.Load() > 0 }
+
+func (s *session) userName() string {
+	if u := s.user.Load(); u != nil {
+		return *u
+	}
+	return ""
 }
 
 func isAnonymous(user string) bool {
@@ -649,6 +684,15 @@ func parseReason(err error) Reason {
 	return ReasonSyntax
 }
 
+// replyMode is what becomes of a reply, decided at its first line.
+type replyMode int
+
+const (
+	relayed replyMode = iota // it answers the command at the head of pending
+	dropped                  // it answers nothing: none of its lines reach the client
+	closing                  // a 421 answering nothing: the server announces it closes
+)
+
 func (s *session) relayReplies() {
 	r := NewLineReader(s.upstream, s.cfg.MaxLine)
 	defer func() {
@@ -660,61 +704,106 @@ func (s *session) relayReplies() {
 		}
 	}()
 	multi := 0 // the code of the multi-line reply in progress, 0 if none
+	mode := relayed
 	for {
 		line, err := r.ReadLine()
-		if errors.Is(err, ErrLineTooLong) {
-			s.refused(ReasonLineTooLong, "server reply line too long")
-			code, more, ok := ParseReplyLine(line)
-			if multi != 0 {
-				if ok && code == multi && !more {
-					// The end of the multi-line reply: it still pairs.
-					multi = 0
-					if s.finishReply(code, fmt.Sprintf("%d ftpgate: an over-long line was dropped", code)) {
-						return
-					}
-				}
-				continue // text inside a multi-line reply: dropped
-			}
-			if ok && more {
-				// The first line of a multi-line reply: its end is still to
-				// come and must pair with the command.
-				multi = code
-				s.writeClient(fmt.Sprintf("%d-ftpgate: an over-long line was dropped", code))
-				continue
-			}
-			s.finishReply(451, "451 ftpgate: server reply line too long")
-			continue
-		}
-		if err != nil {
+		tooLong := errors.Is(err, ErrLineTooLong)
+		if err != nil && !tooLong {
 			return
+		}
+		if tooLong {
+			s.refused(ReasonLineTooLong, "server reply line too long")
 		}
 		code, more, ok := ParseReplyLine(line)
 		if multi != 0 {
 			// Inside a multi-line reply only "<code> " ends it; everything
-			// else is text, never parsed for addresses.
-			if ok && code == multi && !more {
-				multi = 0
-				if s.finishReply(code, line) {
-					return
+			// else is text, never parsed for addresses (over-long text is dropped).
+			if !ok || code != multi || more {
+				if mode != dropped && !tooLong {
+					s.writeClient(line)
 				}
-			} else {
+				continue
+			}
+			multi = 0
+		} else {
+			if !ok {
+				if !tooLong { // an over-long one is counted already
+					s.refuseServerLine(line)
+				}
+				continue
+			}
+			// Decided at the first line: the end of an unsolicited reply
+			// must not pair with a command the client sends meanwhile.
+			mode = s.replyMode(code, line)
+		}
+		if tooLong {
+			code, line = overLongReply(code, more)
+		}
+		if more {
+			multi = code
+			if mode != dropped {
 				s.writeClient(line)
 			}
 			continue
 		}
-		if !ok {
-			s.refused(ReasonSyntax, "server line is not a reply", "line", truncate(line))
-			continue
-		}
-		if more {
-			multi = code
-			s.writeClient(line)
-			continue
-		}
-		if s.finishReply(code, line) {
+		if s.endReply(mode, code, line) {
 			return
 		}
 	}
+}
+
+// replyMode decides what becomes of the reply whose first line this is.
+// Only this goroutine pops pending, so a reply found solicited stays so.
+func (s *session) replyMode(code int, line string) replyMode {
+	switch {
+	case s.pendingLen.Load() > 0:
+		return relayed
+	case code == 421:
+		// RFC 959 allows a 421 at any time: vsftpd's idle timeout sends one.
+		return closing
+	}
+	// Nothing asked for it: passing it on would desynchronise the client.
+	s.cfg.Observer.Reply(code)
+	s.refused(ReasonUnsolicited, "reply without a pending command", "line", truncate(line))
+	return dropped
+}
+
+// endReply handles the last line of a reply.
+func (s *session) endReply(mode replyMode, code int, line string) bool {
+	switch mode {
+	case dropped:
+		return false
+	case closing:
+		s.cfg.Observer.Reply(code)
+		s.log.Debug("the FTP server announced that it closes", "line", truncate(line))
+		s.mu.Lock()
+		s.told421 = true
+		s.writeClientLocked(line)
+		s.mu.Unlock()
+		return false
+	}
+	return s.finishReply(code, line)
+}
+
+// overLongReply stands in for a reply line above the cap, of which only
+// the code survives. A 227/229 cannot be checked: it becomes a refusal.
+func overLongReply(code int, more bool) (int, string) {
+	switch {
+	case more:
+		return code, fmt.Sprintf("%d-ftpgate: an over-long line was dropped", code)
+	case code == 227 || code == 229:
+		return 451, "451 ftpgate: server reply line too long"
+	}
+	return code, fmt.Sprintf("%d ftpgate: an over-long line was dropped", code)
+}
+
+// refuseServerLine counts and drops a line from the server that is not a reply.
+func (s *session) refuseServerLine(line string) {
+	if ValidVerb(line) {
+		s.refused(ReasonWrongSide, "a command from the server", "line", truncate(line))
+		return
+	}
+	s.refused(ReasonSyntax, "server line is not a reply", "line", truncate(line))
 }
 
 func (s *session) writeClient(line string) {
@@ -765,7 +854,8 @@ func (s *session) finishReply(code int, line string) bool {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.pending = s.pending[1:]
+	s.popLocked()
+	s.told421 = s.told421 || code == 421
 	if !head.start.IsZero() {
 		s.transferDone(head, code)
 	}
@@ -779,7 +869,7 @@ func (s *session) finishReply(code int, line string) bool {
 	}
 	for len(s.pending) > 0 && s.pending[0].local != "" {
 		s.writeClientLocked(s.pending[0].local)
-		s.pending = s.pending[1:]
+		s.popLocked()
 	}
 	return false
 }
@@ -880,11 +970,9 @@ type SessionInfo struct {
 }
 
 func (s *session) info() SessionInfo {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	i := SessionInfo{ID: s.id, Client: s.clientAddr.String(), User: s.user, Started: s.start,
-		Commands: s.commands, Pending: len(s.pending)}
-	if s.upstream != nil {
+	i := SessionInfo{ID: s.id, Client: s.clientAddr.String(), User: s.userName(), Started: s.start,
+		Commands: int(s.commands.Load()), Pending: int(s.pendingLen.Load())}
+	if s.connected.Load() {
 		i.Server = s.serverAddr.String()
 	}
 	return i

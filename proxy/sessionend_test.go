@@ -54,22 +54,30 @@ func TestSessionServerClosesDuringAUTH(t *testing.T) {
 
 // A client pipelining commands while the server does not answer is cut off
 // at maxPipelined commands awaiting replies, not queued without bound.
+// Over-long lines count too: each queues a 500.
 func TestSessionPipelineCap(t *testing.T) {
-	h := newHarness(t, "", func(cmd string) string {
-		if cmd == "RETR big" {
-			return "" // a transfer that never ends
-		}
-		return defaultRespond(cmd)
-	})
-	lines := []string{"RETR big"}
-	for range maxPipelined + 10 {
-		lines = append(lines, "LPSV") // answered by ftpgate, queued behind RETR
-	}
-	h.send(lines...)
-	h.expect("421 ftpgate: too many commands")
-	h.expectEOF()
-	if logs := h.logs.String(); !strings.Contains(logs, "reason=pipeline_overflow") {
-		t.Fatalf("no pipeline_overflow refusal logged:\n%s", logs)
+	for _, filler := range []string{"LPSV", strings.Repeat("A", MaxLine+1)} {
+		t.Run(filler[:4], func(t *testing.T) {
+			h := newHarness(t, "", func(cmd string) string {
+				if cmd == "RETR big" {
+					return "" // a transfer that never ends
+				}
+				return defaultRespond(cmd)
+			})
+			lines := []string{"RETR big"}
+			for range maxPipelined + 10 {
+				lines = append(lines, filler) // answered by ftpgate, queued behind RETR
+			}
+			// Not h.send: ftpgate may close before reading everything.
+			go h.client.Write([]byte(strings.Join(lines, "\r\n") + "\r\n"))
+			h.expect("421 ftpgate: too many commands")
+			if !sessionsReach(h.srv, 0) {
+				t.Fatal("the session goes on")
+			}
+			if logs := h.logs.String(); !strings.Contains(logs, "reason=pipeline_overflow") || !strings.Contains(logs, "commands=1024 ") {
+				t.Fatalf("no pipeline_overflow refusal logged, or not every line counted:\n%s", logs)
+			}
+		})
 	}
 }
 
@@ -268,4 +276,121 @@ func TestSessionClientPortShare(t *testing.T) {
 	}
 	h.send("PASV")
 	h.expect("227 ")
+}
+
+// A server's 421 announces that it closes and may answer any command or none
+// (RFC 959; vsftpd's idle timeout sends one unasked). It reaches the client,
+// is no hostile unsolicited reply, and ftpgate adds no 421 of its own.
+func TestSessionServer421(t *testing.T) {
+	for _, tc := range []struct {
+		name, reply string // the server's answer to NOOP, after which it closes
+		want        []string
+	}{
+		{"unasked", "200 OK.\r\n421 Timeout.\r\n", []string{"200 OK.", "421 Timeout."}},
+		{"unasked multi-line", "200 OK.\r\n421-Server\r\n shutting down\r\n421 Bye.\r\n",
+			[]string{"200 OK.", "421-Server", " shutting down", "421 Bye."}},
+		{"answering NOOP", "421 Too busy.\r\n", []string{"421 Too busy."}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, "", nil)
+			h.server.write = func(c net.Conn, r string) {
+				c.Write([]byte(r))
+				if strings.Contains(r, "421") {
+					c.Close()
+				}
+			}
+			h.server.respond = func(cmd string) string {
+				if cmd == "NOOP" {
+					return tc.reply
+				}
+				return defaultRespond(cmd)
+			}
+			h.send("NOOP")
+			for _, w := range tc.want {
+				if got := h.expect(w); got != w {
+					t.Fatalf("client got %q, want %q", got, w)
+				}
+			}
+			h.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if rest, err := io.ReadAll(h.r); err != nil || len(rest) != 0 {
+				t.Fatalf("after the server's 421 the client got %q, %v; want the end", rest, err)
+			}
+			if !waitLog(h, "result=server_closed") || strings.Contains(h.logs.String(), "unsolicited_reply") {
+				t.Fatalf("a server's 421 was refused, or the session end misnamed:\n%s", h.logs)
+			}
+		})
+	}
+}
+
+// An unsolicited multi-line reply is dropped whole, decided at its first
+// line: its end must not pair with the command the client sends meanwhile.
+func TestSessionUnsolicitedMultilineDroppedWhole(t *testing.T) {
+	h := newHarness(t, "220 hi\r\n214-unasked\r\n", func(cmd string) string {
+		if cmd == "NOOP" {
+			return " text\r\n214 end\r\n200 OK.\r\n"
+		}
+		return defaultRespond(cmd)
+	})
+	if !waitLog(h, "reason=unsolicited_reply") {
+		t.Fatalf("the unsolicited reply's first line was not refused:\n%s", h.logs)
+	}
+	h.send("NOOP")
+	h.expect("200 OK.")
+}
+
+// An over-long reply line keeps its code: a 1xx stays preliminary, a final
+// reply pairs with its command, a line that is no reply answers nothing and
+// a 227/229 whose address cannot be read is refused; the pipelined NOOP gets
+// its own reply.
+func TestSessionOverLongReplyLine(t *testing.T) {
+	long := strings.Repeat("a", MaxLine+100)
+	for _, tc := range []struct {
+		name, cmd, reply string
+		want             []string
+	}{
+		{"150 (vsftpd echoes the file name)", "RETR f", "150 Opening BINARY mode data connection for " + long + "\r\n226 Done.\r\n",
+			[]string{"150 ftpgate: an over-long line was dropped", "226 Done."}},
+		{"final", "DELE f", "550 " + long + "\r\n", []string{"550 ftpgate: an over-long line was dropped"}},
+		{"no reply", "STAT", long + "\r\n211 ok\r\n", []string{"211 ok"}},
+		{"227", "PASV", "227 Entering Passive Mode (127,0,0,1,195,80) " + long + "\r\n", []string{"451 "}},
+		{"229", "EPSV", "229 (|||50001|) " + long + "\r\n", []string{"451 "}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, "", func(cmd string) string {
+				if cmd == tc.cmd {
+					return tc.reply
+				}
+				return defaultRespond(cmd)
+			})
+			h.send(tc.cmd, "SIZE x", "NOOP")
+			for _, w := range append(tc.want, "200 OK.", "200 OK.") {
+				h.expect(w)
+			}
+			if f := h.gate.Flows(); len(f) != 0 {
+				t.Fatalf("opened %v", f)
+			}
+			if logs := h.logs.String(); strings.Contains(logs, "unsolicited_reply") {
+				t.Fatalf("pairing shifted:\n%s", logs)
+			}
+		})
+	}
+}
+
+// Snapshot (/status) does not wait for a session whose reply goroutine is
+// stuck writing to a client that does not read (for writeTimeout, 30 s).
+func TestSnapshotWithBlockedWriter(t *testing.T) {
+	h := floodClient(t)
+	for range 20 { // the buffers fill within a second or so
+		time.Sleep(100 * time.Millisecond)
+		got := make(chan []SessionInfo, 1)
+		go func() { got <- h.srv.Snapshot() }()
+		select {
+		case infos := <-got:
+			if len(infos) != 1 || infos[0].Commands != 1 || infos[0].Pending != 1 || infos[0].Server != "127.0.0.1" {
+				t.Fatalf("Snapshot = %+v, want the session with STAT pending", infos)
+			}
+		case <-time.After(time.Second):
+			t.Fatal("Snapshot waited for the blocked write")
+		}
+	}
 }
