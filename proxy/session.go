@@ -357,23 +357,19 @@ func (s *session) relayCommands() {
 		}
 		verb, arg := ParseCommand(line)
 		s.cfg.Observer.Command(verb)
-		if verb == "PASS" {
-			s.log.Debug("command", "line", "PASS ****")
-		} else {
-			s.log.Debug("command", "line", line)
-		}
+		s.log.Debug("command", "line", redact(line))
 		if HasControl(line) {
-			s.refused(ReasonControlChars, "control character in command", "verb", verb)
+			s.refused(ReasonControlChars, "control character in command", "line", truncate(redact(line)))
 			s.reply("500 ftpgate: control characters in command refused")
 			continue
 		}
 		if _, _, isReply := ParseReplyLine(line); isReply {
-			s.refused(ReasonWrongSide, "a reply from the client", "line", truncate(line))
+			s.refused(ReasonWrongSide, "a reply from the client", "line", truncate(redact(line)))
 			s.reply("500 ftpgate: replies are not commands")
 			continue
 		}
 		if !ValidVerb(line) {
-			s.refused(ReasonBadVerb, "malformed command verb", "line", truncate(line))
+			s.refused(ReasonBadVerb, "malformed command verb", "line", truncate(redact(line)))
 			s.reply("500 ftpgate: malformed command: a verb is 3-8 letters or digits, starting with a letter, then a space or the end of the line")
 			continue
 		}
@@ -948,6 +944,20 @@ func wireLine(line string) []byte {
 		line = strings.ReplaceAll(line, "\xff", "\xff\xff")
 	}
 	return []byte(line + "\r\n")
+}
+
+// redact hides the password of a PASS line from the log, however the line
+// is malformed: leading blanks or control characters, any separator after
+// the verb (a tab, none at all), any case. Nothing else starts with "PASS".
+func redact(line string) string {
+	i := 0
+	for i < len(line) && line[i] <= ' ' {
+		i++
+	}
+	if len(line)-i >= 4 && strings.EqualFold(line[i:i+4], "PASS") {
+		return "PASS ****"
+	}
+	return line
 }
 
 // truncate keeps hostile lines from flooding the log.

@@ -417,15 +417,30 @@ func TestSessionReplyWaitsForGate(t *testing.T) {
 	h.expect("227 ")
 }
 
+// Neither the debug log nor a refusal shows a password, however malformed
+// the PASS line (a refusal logs the line it refuses).
 func TestSessionNeverLogsPasswords(t *testing.T) {
-	h := newHarness(t, "", nil)
-	h.send("USER alice", "PASS s3cret-word")
-	h.expect("331 ")
-	h.expect("230 ")
-	h.send("QUIT")
-	h.expect("221 ")
-	if strings.Contains(h.logs.String(), "s3cret") {
-		t.Fatalf("password in logs:\n%s", h.logs)
+	for _, tc := range []struct{ line, reply string }{
+		{"PASS s3cret-word", "230 "},
+		{"pass s3cret-word", "230 "},
+		{"PASS\ts3cret-word", "500 "},
+		{"pass\ts3cret-word", "500 "},
+		{" PASS s3cret-word", "500 "},
+		{"\tpass s3cret-word", "500 "},
+		{"PASS\x00s3cret-word", "500 "},
+		{"PASS s3cret\x00word", "500 "},
+	} {
+		t.Run(tc.line, func(t *testing.T) {
+			h := newHarness(t, "", nil)
+			h.send("USER alice", tc.line)
+			h.expect("331 ")
+			h.expect(tc.reply)
+			h.send("QUIT")
+			h.expect("221 ")
+			if logs := h.logs.String(); strings.Contains(strings.ToLower(logs), "s3cret") {
+				t.Fatalf("password in logs:\n%s", logs)
+			}
+		})
 	}
 }
 
