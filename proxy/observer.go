@@ -19,7 +19,7 @@ const (
 	ReasonControlChars  Reason = "control_chars"     // NUL or a lone CR inside a command
 	ReasonUnsupported   Reason = "unsupported"       // LPRT, LPSV
 	ReasonEPSVAll       Reason = "epsv_all"          // PORT/EPRT/PASV after EPSV ALL
-	ReasonTLS           Reason = "tls"               // AUTH TLS/SSL refused
+	ReasonTLS           Reason = "tls"               // AUTH TLS/SSL refused; passthrough: AUTH not answered within the idle timeout
 	ReasonFirewall      Reason = "firewall_error"    // the Gate failed to open
 	ReasonUpstream      Reason = "upstream_error"    // the server could not be reached
 	ReasonLoop          Reason = "loop"              // a connection to ftpgate's own listener

@@ -472,10 +472,8 @@ func (s *session) authPassthrough(verb, line string, r *LineReader) bool {
 	s.authDone = make(chan bool, 1)
 	s.mu.Unlock()
 	s.forward(verb, line)
-	var accepted bool
-	select {
-	case accepted = <-s.authDone:
-	case <-s.ctx.Done():
+	accepted, answered := s.awaitAuthReply()
+	if !answered {
 		return true
 	}
 	if !accepted {
@@ -490,6 +488,33 @@ func (s *session) authPassthrough(verb, line string, r *LineReader) bool {
 	s.upstreamWrite.clear()
 	io.Copy(s.upstream, r.Raw())
 	return true
+}
+
+// awaitAuthReply waits for the server's answer to AUTH: true, true if it
+// accepted. Nobody reads the client meanwhile, so a client that left goes
+// unnoticed: a server that does not answer within the idle timeout ends the
+// session (answered false, as when the session ends otherwise).
+func (s *session) awaitAuthReply() (accepted, answered bool) {
+	timer := time.NewTimer(s.cfg.IdleTimeout)
+	defer timer.Stop()
+	select {
+	case accepted = <-s.authDone:
+		return accepted, true
+	case <-s.ctx.Done():
+		return false, false
+	case <-timer.C:
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case accepted = <-s.authDone: // just in time: finishReply sends under mu
+		return accepted, true
+	default:
+	}
+	s.endReason = "auth_timeout"
+	s.refused(ReasonTLS, "the FTP server did not answer AUTH", "timeout", s.cfg.IdleTimeout)
+	s.writeClientLocked("421 ftpgate: the FTP server did not answer AUTH, closing the control connection")
+	return false, false
 }
 
 func (s *session) epsvAllInEffect() bool {

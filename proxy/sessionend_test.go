@@ -52,6 +52,27 @@ func TestSessionServerClosesDuringAUTH(t *testing.T) {
 	}
 }
 
+// A server that never answers AUTH (TLS passthrough) does not pin the
+// session: nobody reads the client meanwhile, so even a client that left
+// would go unnoticed. The idle timeout ends the wait.
+func TestSessionServerSilentOnAUTH(t *testing.T) {
+	h := newHarnessConfig(t, Config{TLS: TLSPassthrough, IdleTimeout: 200 * time.Millisecond}, "", func(cmd string) string {
+		if cmd == "AUTH TLS" {
+			return "" // never answered
+		}
+		return defaultRespond(cmd)
+	})
+	h.send("AUTH TLS")
+	h.expect("421 ftpgate: the FTP server did not answer AUTH")
+	h.expectEOF()
+	if !sessionsReach(h.srv, 0) {
+		t.Fatalf("%d sessions still running", h.srv.Sessions())
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, "reason=tls") || !strings.Contains(logs, "result=auth_timeout") {
+		t.Fatalf("the timeout was not counted and logged:\n%s", logs)
+	}
+}
+
 // A client pipelining commands while the server does not answer is cut off
 // at maxPipelined commands awaiting replies, not queued without bound.
 // Over-long lines count too: each queues a 500.
