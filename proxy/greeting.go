@@ -94,8 +94,11 @@ type dialError struct {
 func (e *dialError) Error() string { return e.reply }
 
 // dialRefused counts and logs err, a dial's failure, as the session's
-// refusal and returns it.
+// refusal and returns it; a dial cut short by a shutdown is no refusal.
 func (s *session) dialRefused(err error) error {
+	if s.ctx.Err() != nil {
+		return errShuttingDown
+	}
 	var de *dialError
 	if errors.As(err, &de) {
 		s.refused(de.reason, de.msg, de.args...)
@@ -105,10 +108,12 @@ func (s *session) dialRefused(err error) error {
 	return err
 }
 
+var errShuttingDown = errors.New("ftpgate is shutting down")
+
 // noGreeting counts, logs and describes a server that never spoke.
 func (s *session) noGreeting() error {
 	if s.ctx.Err() != nil {
-		return errors.New("ftpgate is shutting down")
+		return errShuttingDown
 	}
 	s.refused(ReasonUpstream, "FTP server sent no greeting", "timeout", s.cfg.DialTimeout)
 	return fmt.Errorf("the FTP server sent no greeting within %v", s.cfg.DialTimeout)

@@ -183,3 +183,30 @@ func TestGreetingServerClosesAtOnce(t *testing.T) {
 		t.Errorf("client got %q after %d redials; want the server-closed 421 and no redial", got, redials)
 	}
 }
+
+// A shutdown while the server is being dialled is no upstream failure.
+func TestDialCutShortByShutdown(t *testing.T) {
+	srv, obs, logs := observedServer(Config{})
+	dialling := make(chan struct{})
+	srv.dial = func(s *session) (net.Conn, error) {
+		close(dialling)
+		<-s.ctx.Done()
+		return nil, &dialError{ReasonUpstream, "cannot reach server", nil, "cannot reach the FTP server (test)"}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go srv.Serve(ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-dialling
+	srv.Close() // waits for the session's end
+	if n := obs.upstreamErrors.Load(); n != 0 || !strings.Contains(logs.String(), "result=shutdown") {
+		t.Fatalf("%d upstream_error refusals, log:\n%s\nwant none and result=shutdown", n, logs)
+	}
+}

@@ -33,6 +33,9 @@ const maxPipelined = 1024
 type pendingCmd struct {
 	verb  string
 	local string
+	// PORT/EPRT: the opening for the server's connection, closed (and its
+	// NAT port freed) if the server refuses the command.
+	opening Pinhole
 	// Transfer commands only: what and since when, and the size a 150 announced.
 	arg   string
 	start time.Time
@@ -162,7 +165,9 @@ func (s *session) run() {
 	up, err := s.dialGreeted()
 	if err != nil {
 		s.mu.Lock()
-		s.endReason = "upstream_error"
+		if s.ctx.Err() == nil { // else a shutdown: see the deferred result
+			s.endReason = "upstream_error"
+		}
 		s.writeClientLocked("421 ftpgate: " + err.Error())
 		s.mu.Unlock()
 		return
@@ -290,13 +295,12 @@ func (s *session) writeFailedLocked(peer string, err error) {
 }
 
 // forward sends a command upstream and remembers that it awaits a reply.
-func (s *session) forward(verb, line string) { s.send(verb, line, false) }
+func (s *session) forward(verb, line string) { s.send(pendingCmd{verb: verb}, line, false) }
 
-// send is forward; with synch, the command goes after a Telnet Synch of
-// ftpgate's own (an ABOR the client sent with one).
-func (s *session) send(verb, line string, synch bool) {
-	p := pendingCmd{verb: verb}
-	if transferDirection(verb) != "" {
+// send is forward of p's command; with synch, the command goes after a
+// Telnet Synch of ftpgate's own (an ABOR the client sent with one).
+func (s *session) send(p pendingCmd, line string, synch bool) {
+	if transferDirection(p.verb) != "" {
 		_, p.arg = ParseCommand(line)
 		p.start, p.size = time.Now(), -1
 	}
@@ -393,7 +397,7 @@ func (s *session) relayCommands() {
 			s.mu.Unlock()
 			s.forward(verb, line)
 		case "ABOR":
-			s.send(verb, line, r.Synch())
+			s.send(pendingCmd{verb: verb}, line, r.Synch())
 		case "PORT", "EPRT":
 			s.activeCommand(verb, arg, line)
 		case "PASV":
@@ -589,11 +593,12 @@ func (s *session) activeCommand(verb, arg, line string) {
 		}
 		s.cfg.Observer.Rewrite(verb)
 	}
-	if !s.open(f) {
+	p := s.open(f)
+	if p == nil {
 		s.reply("425 ftpgate: cannot open the data connection in the firewall")
 		return
 	}
-	s.forward(verb, line)
+	s.send(pendingCmd{verb: verb, opening: p}, line, false)
 }
 
 // allocPort takes a gateway port on addr for a NAT'ed data connection. On
@@ -640,27 +645,27 @@ func (s *session) learnPublicAddr() {
 	}
 }
 
-// open asks the gate for f and remembers the opening; false on failure. A
+// open asks the gate for f and remembers the opening; nil on failure. A
 // NAT'ed flow's gateway port (f.Dst) goes back to the pool when the opening ends.
-func (s *session) open(f Flow) bool {
-	ok := s.openPinhole(f)
-	if f.Target.IsValid() && !ok {
+func (s *session) open(f Flow) Pinhole {
+	p := s.openPinhole(f)
+	if f.Target.IsValid() && p == nil {
 		s.srv.pool.put(f.Dst.Addr(), f.Dst.Port())
 	}
-	return ok
+	return p
 }
 
-func (s *session) openPinhole(f Flow) bool {
+func (s *session) openPinhole(f Flow) Pinhole {
 	t0 := time.Now()
 	p, err := s.srv.gate.Open(s.ctx, f, s.cfg.PinholeTTL)
 	if err != nil && s.ctx.Err() != nil {
 		// The session is ending (server gone, shutdown): not a firewall fault.
 		s.log.Debug("opening abandoned: the session is ending", "flow", f, "err", err)
-		return false
+		return nil
 	}
 	if err != nil {
 		s.refused(ReasonFirewall, "firewall could not open the data connection", "flow", f.String(), "err", err)
-		return false
+		return nil
 	}
 	s.cfg.Observer.PinholeOpened(f, time.Since(t0))
 	s.log.Debug("pinhole opened", "flow", f)
@@ -692,7 +697,7 @@ func (s *session) openPinhole(f Flow) bool {
 	if old != nil {
 		old.Close()
 	}
-	return true
+	return p
 }
 
 func parseReason(err error) Reason {
@@ -855,6 +860,11 @@ func (s *session) finishReply(code int, line string) bool {
 	}
 	head := s.pending[0]
 	s.mu.Unlock()
+	if head.opening != nil && code >= 300 {
+		// The server will not connect: the opening (and its port) is free.
+		head.opening.Close()
+		s.log.Debug("opening closed: the server refused the command", "verb", head.verb, "code", code)
+	}
 
 	// The head stays queued while the gate works, so that commands the client
 	// pipelines meanwhile queue their local replies behind it.
@@ -956,7 +966,7 @@ func (s *session) passiveReply(code int, line string) string {
 		}
 		s.cfg.Observer.Rewrite(strconv.Itoa(code))
 	}
-	if !s.open(f) {
+	if s.open(f) == nil {
 		return "425 ftpgate: cannot open the data connection in the firewall"
 	}
 	return line

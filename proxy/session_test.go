@@ -560,3 +560,40 @@ func TestSessionServerSilentAfterConnect(t *testing.T) {
 	h.send("NOOP")
 	h.expect("200")
 }
+
+// A PORT/EPRT the server refuses will see no connection: its opening is
+// closed at once and a NAT'ed one gives its port back, instead of both
+// waiting for the pinhole timeout.
+func TestSessionRefusedPORTClosesOpening(t *testing.T) {
+	for _, tc := range []struct {
+		name, cmd, reply string
+		mode             Mode
+		closed           int
+	}{
+		{"PORT refused", "PORT 127,0,0,1,195,80", "500 Illegal PORT command.\r\n", Transparent, 1},
+		{"EPRT refused, NAT'ed", "EPRT |1|127.0.0.1|50000|", "522 Bad network protocol.\r\n", Reverse, 1},
+		{"PORT accepted", "PORT 127,0,0,1,195,80", "200 PORT command successful.\r\n", Transparent, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarnessConfig(t, Config{Mode: tc.mode, PassivePorts: PortRange{60000, 60009}}, "", func(cmd string) string {
+				if strings.HasPrefix(cmd, tc.cmd[:5]) { // reverse mode rewrites the EPRT
+					return tc.reply
+				}
+				return defaultRespond(cmd)
+			})
+			h.send(tc.cmd)
+			h.expect(tc.reply[:4])
+			h.send("NOOP") // the reply's handling is over once NOOP's comes
+			h.expect("200 OK")
+			h.gate.mu.Lock()
+			closed, opened := h.gate.closed, len(h.gate.flows)
+			h.gate.mu.Unlock()
+			if opened != 1 || closed != tc.closed {
+				t.Fatalf("opened %d, closed %d; want 1, %d", opened, closed, tc.closed)
+			}
+			if tc.mode == Reverse && !eventually(func() bool { return h.srv.pool.inUse() == 0 }) {
+				t.Fatal("the refused EPRT still holds its port")
+			}
+		})
+	}
+}
