@@ -217,11 +217,12 @@ func checkInterception(c *nftables.Conn, cfg Config, o *objects,
 func checkNAT(c *nftables.Conn, cfg Config, o *objects,
 	probeIn func(*nftables.Chain, string, string, ...[]expr.Any) Finding) []Finding {
 	var out []Finding
-	c.AddChain(o.natPre)
-	c.AddChain(o.natPost)
+	for _, ch := range []*nftables.Chain{o.natPre, o.natPost, o.natOut, o.natIn} {
+		c.AddChain(ch)
+	}
 	if err := c.Flush(); err != nil {
 		return append(out, Finding{
-			What: "kernel lacks nat chains (prerouting/postrouting) in inet tables: " + err.Error(),
+			What: "kernel lacks nat chains (prerouting/postrouting/output/input) in inet tables: " + err.Error(),
 			Fix:  fixFor(err, "load nft_chain_nat / use Linux >= 5.2 with CONFIG_NFT_NAT; without them NAT pinholes (reverse mode, masqueraded clients) fail"),
 		})
 	}
@@ -255,6 +256,8 @@ func checkNAT(c *nftables.Conn, cfg Config, o *objects,
 	for _, f := range []Finding{
 		probeIn(o.natPre, "one-shot NAT pinholes (dynset delete, dnat to map data, nft_nat)", fix, dnat...),
 		probeIn(o.natPost, "SNAT of NAT pinholes (snat to map data keyed by ct original)", fix, snat...),
+		probeIn(o.natOut, "NAT pinholes of connections made on this host (nat output chain)", fix, dnat...),
+		probeIn(o.natIn, "SNAT of NAT pinholes delivered to this host (nat input chain)", fix, snat...),
 	} {
 		out = append(out, f)
 		if !f.OK {

@@ -39,7 +39,7 @@ func TestCheck(t *testing.T) {
 			t.Errorf("%+v: missing the nothing-to-add finding", c.cfg)
 		}
 		for _, want := range append([]string{"CAP_NET_ADMIN", "dynset delete", "ct mark", "timeouts",
-			"nat chains", "NAT pinhole maps", "one-shot NAT pinholes", "SNAT of NAT pinholes", "NAT map elements"}, c.want...) {
+			"nat chains", "NAT pinhole maps", "one-shot NAT pinholes", "SNAT of NAT pinholes", "nat output chain", "nat input chain", "NAT map elements"}, c.want...) {
 			if !hasFinding(out, true, want) {
 				t.Errorf("%+v: missing an OK finding about %q", c.cfg, want)
 			}

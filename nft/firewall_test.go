@@ -197,6 +197,9 @@ func TestNewInstallsAndCloseRemoves(t *testing.T) {
 		"type nat hook postrouting priority srcnat; policy accept;",
 		"meta l4proto tcp ct status dnat snat ip to ip saddr . ct original ip daddr . ct original proto-dst map @snat4",
 		"meta l4proto tcp ct status dnat snat ip6 to ip6 saddr . ct original ip6 daddr . ct original proto-dst map @snat6",
+		// (priority -100 and 100: newer nft list them as dstnat and srcnat)
+		"chain nat_output {\n\t\ttype nat hook output priority ",
+		"chain nat_input {\n\t\ttype nat hook input priority ",
 		"chain raw_prerouting {\n\t\ttype filter hook prerouting priority raw; policy accept;\n" +
 			"\t\tmeta nfproto ipv4 tcp dport @intercept_ports fib daddr type != local ct zone set 18004\n" +
 			"\t\tmeta nfproto ipv6 tcp dport @intercept_ports fib daddr type != local ct zone set 18004\n\t}",
@@ -206,6 +209,16 @@ func TestNewInstallsAndCloseRemoves(t *testing.T) {
 	} {
 		if !strings.Contains(rs, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, rs)
+		}
+	}
+	// nat_prerouting and nat_output hold the same DNAT rules,
+	// nat_postrouting and nat_input the same SNAT rules.
+	for _, r := range []string{
+		"dnat ip to ip saddr . ip daddr . tcp dport map @dnat4\n", "dnat ip6 to ip6 saddr . ip6 daddr . tcp dport map @dnat6\n",
+		"snat ip to ip saddr . ct original ip daddr . ct original proto-dst map @snat4\n", "snat ip6 to ip6 saddr . ct original ip6 daddr . ct original proto-dst map @snat6\n",
+	} {
+		if n := strings.Count(rs, r); n != 2 {
+			t.Errorf("ruleset has %d rules ending in %q, want 2:\n%s", n, r, rs)
 		}
 	}
 	// The socket-transparent rule comes before the tproxy rules.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
 	"github.com/ftpgate/ftpgate/proxy"
@@ -702,5 +703,152 @@ func markBeforeDNATLookup(t *testing.T, fw *Firewall) {
 	}
 	if err := fw.conn.Flush(); err != nil {
 		t.Fatalf("replace the nat_prerouting rules: %v", err)
+	}
+}
+
+// TestNATPinholeLocalServer: reverse mode protecting an FTP server on the
+// gateway itself (--upstream an address of the gateway), whose data
+// connections leave prerouting or postrouting out:
+//   - passive: client -> public:Q, DNAT'ed in prerouting to the local
+//     server's inside address, delivered locally: its SNAT (to the address
+//     the server sees the control connection from) is applied by nat_input;
+//   - active: the local server's connection inside:R, generated locally, is
+//     DNAT'ed to the client by nat_output (and SNAT'ed in postrouting).
+//
+// Each key is consumed once, the connection marked (the gateway's input
+// filter drops all else but lo) and OnPinholeEnd called once; a second
+// connection is not admitted, and local connections without a pinhole are
+// untouched.
+func TestNATPinholeLocalServer(t *testing.T) {
+	requireRoot(t)
+	type tc struct {
+		name    string
+		passive bool
+		from    string // source address of the data connection
+		dst     string // gateway address dialled
+		port    uint16
+		target  string // listener: on the gateway (passive) or the client (active)
+		tport   uint16
+		snat    string
+	}
+	var cases []tc
+	for _, v := range []struct{ fam, cli, pub, in string }{
+		{"ipv4", "10.77.1.2", "10.77.1.1", "10.77.2.1"},
+		{"ipv6", "fd77:1::2", "fd77:1::1", "fd77:2::1"},
+	} {
+		cases = append(cases,
+			tc{"passive/" + v.fam, true, v.cli, v.pub, 50000, v.in, 40012, v.in},
+			tc{"active/" + v.fam, false, v.in, v.in, 50007, v.cli, 43111, v.pub},
+		)
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			leakCheck(t)
+			cli, gw, _ := natLab(t)
+			gw.nft(t, `table inet hostin {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		iif lo accept
+		meta l4proto { icmp, ipv6-icmp } accept
+		ct mark & 0x100 == 0x100 accept
+		meta l4proto tcp reject with tcp reset
+	}
+}`)
+			rec := newEnded()
+			fw := newFirewall(t, gw, Config{OnPinholeEnd: rec.hook})
+
+			dialNS, listenNS := gw, cli
+			if c.passive {
+				dialNS, listenNS = cli, gw
+			}
+			from, gwAddr, target := netip.MustParseAddr(c.from), ap(c.dst, c.port), ap(c.target, c.tport)
+			accepted := acceptor(t, listenNS, target.String())
+			f := proxy.Flow{Src: from, Dst: gwAddr, Dir: proxy.Active, Target: target, SNAT: netip.MustParseAddr(c.snat)}
+			if c.passive {
+				f.Dir = proxy.Passive
+			}
+			p, err := fw.Open(context.Background(), f, 30*time.Second)
+			if err != nil {
+				t.Fatalf("Open(%v): %v", f, err)
+			}
+			conn, err := dialFrom(t, dialNS, from, gwAddr)
+			if err != nil {
+				t.Fatalf("connection through the NAT pinhole: %v", err)
+			}
+			defer conn.Close()
+			var peer net.Conn
+			select {
+			case peer = <-accepted:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the target did not accept the DNAT'ed connection")
+			}
+			if got, want := addrPortOf(peer.RemoteAddr()).Addr(), f.SNAT; got != want {
+				t.Errorf("the target sees the connection from %s, want the SNAT address %s", got, want)
+			}
+			if got := addrPortOf(conn.RemoteAddr()); got != gwAddr {
+				t.Errorf("the dialler sees its peer as %s, want %s", got, gwAddr)
+			}
+			echo(t, conn) // through the input filter: the connection is marked
+
+			if got := rec.wait(t, 10*time.Second); !got.used || got.f != f {
+				t.Errorf("OnPinholeEnd(%v, %v), want (%v, true)", got.f, got.used, f)
+			}
+			waitDone(t, p, time.Second)
+			if fw.Active() != 0 {
+				t.Errorf("Active() = %d after use, want 0", fw.Active())
+			}
+			waitNoElements(t, gw, f, 5*time.Second)
+
+			// One shot.
+			if c2, err := dialFrom(t, dialNS, from, gwAddr); err == nil {
+				c2.Close()
+				t.Error("a second connection through a used NAT pinhole succeeded")
+			}
+			select {
+			case c := <-accepted:
+				t.Errorf("the target accepted a second connection from %v", c.RemoteAddr())
+			default:
+			}
+
+			// A local connection without a pinhole is neither translated
+			// nor marked: it reaches the local listener from its own
+			// address, and nothing ends.
+			local := ap(c.dst, 40999)
+			localConns := acceptor(t, gw, local.String())
+			lc, err := dialFrom(t, gw, local.Addr(), local)
+			if err != nil {
+				t.Fatalf("local connection without a pinhole: %v", err)
+			}
+			defer lc.Close()
+			select {
+			case sc := <-localConns:
+				if got := addrPortOf(sc.RemoteAddr()).Addr(); got != local.Addr() {
+					t.Errorf("a local connection without a pinhole arrives from %s, want %s", got, local.Addr())
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("a local connection without a pinhole was not accepted")
+			}
+			echo(t, lc)
+			time.Sleep(100 * time.Millisecond) // a conntrack event it should not cause
+			if n := rec.count(); n != 1 {
+				t.Errorf("OnPinholeEnd called %d times, want 1", n)
+			}
+			var flows []conntrack.Flow
+			gw.do(t, func() {
+				ctc, err := conntrack.Dial(nil)
+				if err != nil {
+					t.Fatalf("conntrack: %v", err)
+				}
+				defer ctc.Close()
+				if flows, err = ctc.Dump(nil); err != nil {
+					t.Fatalf("conntrack dump: %v", err)
+				}
+			})
+			for _, fl := range flows {
+				if fl.TupleOrig.Proto.DestinationPort == local.Port() && fl.Mark&DefaultCTMask != 0 {
+					t.Errorf("a local connection without a pinhole is marked: %+v", fl.TupleOrig)
+				}
+			}
+		})
 	}
 }

@@ -15,6 +15,8 @@ const (
 	chainPrerouting  = "prerouting"
 	chainNATPre      = "nat_prerouting"
 	chainNATPost     = "nat_postrouting"
+	chainNATOut      = "nat_output"
+	chainNATIn       = "nat_input"
 	chainRawPre      = "raw_prerouting"
 	chainRawOut      = "raw_output"
 	setInterceptPort = "intercept_ports"
@@ -329,6 +331,19 @@ type objects struct {
 	chain   *nftables.Chain // filter prerouting: interception, plain pinholes
 	natPre  *nftables.Chain // nat prerouting: NAT pinholes (DNAT)
 	natPost *nftables.Chain // nat postrouting: their SNAT
+	// An FTP server on the gateway itself (reverse mode with an upstream
+	// address of the gateway): its data connections leave prerouting or
+	// postrouting out. Active: the server's connection is generated
+	// locally — output hook, never prerouting — and is DNAT'ed there.
+	// Passive: the client's connection, DNAT'ed in prerouting, is delivered
+	// locally — input hook, never postrouting — and is SNAT'ed there. A
+	// connection's first packet passes either prerouting or output, so each
+	// key is still consumed (and the connection marked) once; the nat
+	// chains of prerouting do not run again for a locally generated
+	// connection looping back through lo (its DNAT binding is set up in
+	// output already).
+	natOut  *nftables.Chain // nat output: NAT pinholes of locally generated connections (DNAT)
+	natIn   *nftables.Chain // nat input: SNAT of locally delivered ones
 	ports   *nftables.Set
 	pins    map[*family]*nftables.Set
 	natPins map[*family]*nftables.Set
@@ -364,6 +379,16 @@ func newObjects(cfg Config, tableName string, flags nftables.TableFlags) *object
 		natPost: &nftables.Chain{
 			Name: chainNATPost, Table: t, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+			Policy: &policy,
+		},
+		natOut: &nftables.Chain{
+			Name: chainNATOut, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest,
+			Policy: &policy,
+		},
+		natIn: &nftables.Chain{
+			Name: chainNATIn, Table: t, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityNATSource,
 			Policy: &policy,
 		},
 		ports:   &nftables.Set{Table: t, Name: setInterceptPort, KeyType: nftables.TypeInetService},
@@ -439,7 +464,7 @@ func (o *objects) chains(cfg Config) []*nftables.Chain {
 	if cfg.Intercept {
 		chains = append(chains, o.rawPre, o.rawOut)
 	}
-	return append(chains, o.chain, o.natPre, o.natPost)
+	return append(chains, o.chain, o.natPre, o.natPost, o.natOut, o.natIn)
 }
 
 // ruleExprs returns the rules of chain ch, in order.
@@ -467,11 +492,11 @@ func (o *objects) ruleExprs(cfg Config, ch *nftables.Chain) [][]expr.Any {
 		for _, fa := range families {
 			rules = append(rules, pinRuleExprs(cfg, fa, o.pins[fa]))
 		}
-	case o.natPre:
+	case o.natPre, o.natOut:
 		for _, fa := range families {
 			rules = append(rules, dnatRuleExprs(cfg, fa, o.natPins[fa], o.dnats[fa]))
 		}
-	case o.natPost:
+	case o.natPost, o.natIn:
 		for _, fa := range families {
 			rules = append(rules, snatRuleExprs(fa, o.snats[fa]))
 		}

@@ -110,24 +110,42 @@ func Ruleset(cfg Config) string {
 	}
 	w("\t}")
 	w("")
+	dnatRules := func() {
+		for _, fa := range families {
+			key := fmt.Sprintf("%[1]s saddr . %[1]s daddr . tcp dport", fa.ip)
+			w("\t\tct state new meta nfproto %s meta l4proto tcp %s %s @%s delete @%s { %s } %s @%s %s dnat %s to %s map @%s",
+				fa.name, synOnly, key, fa.natSet, fa.natSet, key, key, fa.dnatMap, ctSet, fa.ip, key, fa.dnatMap)
+		}
+	}
+	snatRules := func() {
+		for _, fa := range families {
+			w("\t\tmeta nfproto %s meta l4proto tcp ct status dnat snat %s to %[2]s saddr . ct original %[2]s daddr . ct original proto-dst map @%s",
+				fa.name, fa.ip, fa.snatMap)
+		}
+	}
 	w("\tchain %s {", chainNATPre)
 	w("\t\ttype nat hook prerouting priority dstnat; policy accept;")
 	w("\t\t# data connections through a NAT pinhole: their opening SYN consumes the key; if its DNAT data")
 	w("\t\t# is there (never mark a connection that is not translated), mark the connection, DNAT it")
-	for _, fa := range families {
-		key := fmt.Sprintf("%[1]s saddr . %[1]s daddr . tcp dport", fa.ip)
-		w("\t\tct state new meta nfproto %s meta l4proto tcp %s %s @%s delete @%s { %s } %s @%s %s dnat %s to %s map @%s",
-			fa.name, synOnly, key, fa.natSet, fa.natSet, key, key, fa.dnatMap, ctSet, fa.ip, key, fa.dnatMap)
-	}
+	dnatRules()
 	w("\t}")
 	w("")
 	w("\tchain %s {", chainNATPost)
 	w("\t\ttype nat hook postrouting priority srcnat; policy accept;")
 	w("\t\t# and SNAT it if its pinhole says so")
-	for _, fa := range families {
-		w("\t\tmeta nfproto %s meta l4proto tcp ct status dnat snat %s to %[2]s saddr . ct original %[2]s daddr . ct original proto-dst map @%s",
-			fa.name, fa.ip, fa.snatMap)
-	}
+	snatRules()
+	w("\t}")
+	w("")
+	w("\tchain %s {", chainNATOut)
+	w("\t\ttype nat hook output priority -100; policy accept;") // dstnat: older nft accept the name only in prerouting
+	w("\t\t# the same for connections made on this host (an FTP server on the gateway, active mode)")
+	dnatRules()
+	w("\t}")
+	w("")
+	w("\tchain %s {", chainNATIn)
+	w("\t\ttype nat hook input priority 100; policy accept;") // srcnat, likewise
+	w("\t\t# and the SNAT of those delivered to this host (an FTP server on the gateway, passive mode)")
+	snatRules()
 	w("\t}")
 	w("}")
 	if cfg.Intercept {

@@ -38,6 +38,10 @@ func TestRulesetText(t *testing.T) {
 		"type nat hook postrouting priority srcnat; policy accept;",
 		"meta nfproto ipv4 meta l4proto tcp ct status dnat snat ip to ip saddr . ct original ip daddr . ct original proto-dst map @snat4",
 		"snat ip6 to ip6 saddr . ct original ip6 daddr . ct original proto-dst map @snat6",
+		// An FTP server on the gateway itself: its data connections leave
+		// prerouting (active) or postrouting (passive) out.
+		"chain nat_output {\n\t\ttype nat hook output priority -100; policy accept;\n",
+		"chain nat_input {\n\t\ttype nat hook input priority 100; policy accept;\n",
 		"ip -4 rule add fwmark 0x1 lookup 100 proto 70",
 		"ip -6 route add local ::/0 dev lo table 100 proto 70",
 		"ct mark & 0x100 == 0x100 accept",
@@ -53,7 +57,8 @@ func TestRulesetText(t *testing.T) {
 		}
 	}
 	plain := Ruleset(Config{})
-	if !strings.Contains(plain, "chain nat_prerouting {") || !strings.Contains(plain, "map @snat4") {
+	if !strings.Contains(plain, "chain nat_prerouting {") || !strings.Contains(plain, "map @snat4") ||
+		!strings.Contains(plain, "chain nat_output {") || !strings.Contains(plain, "chain nat_input {") {
 		t.Errorf("Ruleset without Intercept lacks the NAT chains (reverse mode needs them):\n%s", plain)
 	}
 	if strings.Contains(plain, "tproxy") || strings.Contains(plain, "socket transparent") || strings.Contains(plain, "ip rule") ||

@@ -261,11 +261,23 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 		if o.upstream == "" {
 			return cfg, fmt.Errorf("--mode reverse needs --upstream HOST:PORT, the FTP server to protect")
 		}
-		if _, _, err := net.SplitHostPort(o.upstream); err != nil {
+		host, _, err := net.SplitHostPort(o.upstream)
+		if err != nil {
 			return cfg, fmt.Errorf("--upstream %q: want HOST:PORT such as ftp.internal:21", o.upstream)
 		}
 		if !o.listen.set {
 			return cfg, fmt.Errorf("--mode reverse needs --listen PUBLIC-IP:21, the address clients connect to")
+		}
+		// Passive data connections from outside are DNAT'ed to the
+		// upstream's address: the kernel drops them when that is a loopback
+		// address (a martian destination), after they consumed the pinhole.
+		// Only clients on this host itself (a loopback --listen) can use one.
+		if a, err := netip.ParseAddr(host); (err == nil && a.Unmap().IsLoopback()) || strings.EqualFold(strings.TrimSuffix(host, "."), "localhost") {
+			for _, l := range o.listen.values {
+				if ap, err := netip.ParseAddrPort(l); err != nil || !ap.Addr().Unmap().IsLoopback() {
+					return cfg, fmt.Errorf("--upstream %q is a loopback address, but clients connect from outside (--listen %s): the kernel will not DNAT their data connections to 127.0.0.0/8 or ::1 — for an FTP server on this host, give the address of one of its interfaces (and let the server listen there)", o.upstream, l)
+				}
+			}
 		}
 	default:
 		return cfg, fmt.Errorf("--mode %q: want transparent or reverse", o.mode)

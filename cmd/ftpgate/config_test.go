@@ -242,6 +242,17 @@ func TestValidate(t *testing.T) {
 		{name: "metrics-listen without port", args: []string{"--metrics-listen", "localhost"}, wantErr: "--metrics-listen \"localhost\": want HOST:PORT"},
 		{name: "metrics-listen bad port", args: []string{"--metrics-listen", "127.0.0.1:99999"}, wantErr: "--metrics-listen"},
 		{name: "metrics-listen all addresses", args: []string{"--metrics-listen", ":9121"}},
+		{name: "reverse: loopback upstream", args: []string{"--mode", "reverse", "--upstream", "127.0.0.1:21", "--listen", "203.0.113.5:21"}, wantErr: "--upstream \"127.0.0.1:21\" is a loopback address, but clients connect from outside (--listen 203.0.113.5:21)"},
+		{name: "reverse: loopback upstream 127.0.0.2", args: []string{"--mode", "reverse", "--upstream", "127.0.0.2:2121", "--listen", "203.0.113.5:21"}, wantErr: "is a loopback address"},
+		{name: "reverse: IPv6 loopback upstream", args: []string{"--mode", "reverse", "--upstream", "[::1]:21", "--listen", "203.0.113.5:21"}, wantErr: "is a loopback address"},
+		{name: "reverse: IPv4-mapped loopback upstream", args: []string{"--mode", "reverse", "--upstream", "[::ffff:127.0.0.1]:21", "--listen", "203.0.113.5:21"}, wantErr: "is a loopback address"},
+		{name: "reverse: localhost upstream", args: []string{"--mode", "reverse", "--upstream", "LocalHost:21", "--listen", "203.0.113.5:21"}, wantErr: "is a loopback address"},
+		{name: "reverse: localhost. upstream", args: []string{"--mode", "reverse", "--upstream", "localhost.:21", "--listen", "203.0.113.5:21"}, wantErr: "is a loopback address"},
+		{name: "reverse: loopback upstream, listener on all addresses", args: []string{"--mode", "reverse", "--upstream", "127.0.0.1:21", "--listen", "0.0.0.0:21"}, wantErr: "is a loopback address, but clients connect from outside (--listen 0.0.0.0:21)"},
+		{name: "reverse: loopback upstream, one listener outside", args: []string{"--mode", "reverse", "--upstream", "[::1]:21", "--listen", "127.0.0.1:2100,[2001:db8::5]:21"}, wantErr: "(--listen [2001:db8::5]:21)"},
+		// Clients on this host itself (scripts/check-deploy.sh) may use one.
+		{name: "reverse: loopback upstream and listener", args: []string{"--mode", "reverse", "--upstream", "127.0.0.1:2100", "--listen", "127.0.0.1:21"}},
+		{name: "reverse: upstream on this host's interface", args: []string{"--mode", "reverse", "--upstream", "10.0.0.1:21", "--listen", "203.0.113.5:21"}},
 		{name: "upstream in transparent mode", args: []string{"--upstream", "ftp.internal:21"}, wantErr: "--upstream \"ftp.internal:21\" is for --mode reverse"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
 		// Refused by nft's own checks (nft.Config.Validate), every problem
