@@ -251,6 +251,10 @@ func TestNewInstallsAndCloseRemoves(t *testing.T) {
 		if !strings.Contains(err.Error(), "another ftpgate") {
 			t.Errorf("second New: %v, want it to say another ftpgate owns the table", err)
 		}
+		// Another table name alone would not do in transparent mode.
+		if !strings.Contains(err.Error(), "another --fwmark and --route-table") {
+			t.Errorf("second New: %v, want it to ask for another --fwmark and --route-table too", err)
+		}
 	})
 
 	if err := fw.Close(); err != nil {

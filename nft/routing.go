@@ -6,6 +6,9 @@ import (
 	"net"
 	"strings"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -64,8 +67,10 @@ func familyName(family int) string {
 // policy routing holds: a rule or route of an earlier ftpgate that could not
 // remove them (killed) is deleted; anything else that uses the fwmark or the
 // route table is someone else's — the tproxy tutorials' values are ftpgate's
-// defaults — and install refuses, changing nothing.
-func (rt *routing) install(h *netlink.Handle, cfg Config) error {
+// defaults — and install refuses, changing nothing. So it does when the
+// tagged rule and route may be those of another transparent ftpgate running
+// in the namespace (see liveOwners): c lists the tables.
+func (rt *routing) install(h *netlink.Handle, c *nftables.Conn, cfg Config) error {
 	lo, err := h.LinkByName("lo")
 	if err != nil {
 		return wrap("netlink", "find interface lo", err)
@@ -74,6 +79,15 @@ func (rt *routing) install(h *netlink.Handle, cfg Config) error {
 	staleRules, staleRoutes, conflicts, err := inspectFamilies(h, cfg, fams)
 	if err != nil {
 		return err
+	}
+	if len(conflicts) == 0 && len(staleRules)+len(staleRoutes) > 0 {
+		owned, err := ownedByLive(h, c, cfg, staleRules, staleRoutes)
+		if err != nil {
+			return err
+		}
+		if owned != "" {
+			return fmt.Errorf("netlink: policy routing for tproxy: %s", owned)
+		}
 	}
 	if len(conflicts) > 0 {
 		return fmt.Errorf("netlink: policy routing for tproxy: fwmark %#x or route table %d is in use:\n  %s\n— %s",
@@ -153,6 +167,20 @@ func InspectPolicyRouting(cfg Config) (conflicts, leftovers []string, err error)
 	if err != nil {
 		return nil, nil, err
 	}
+	if len(rules)+len(routes) > 0 {
+		c, err := nftables.New()
+		if err != nil {
+			return nil, nil, wrap("nftables", "open netlink socket", err)
+		}
+		defer c.CloseLasting()
+		owned, err := ownedByLive(h, c, cfg, rules, routes)
+		if err != nil {
+			return nil, nil, err
+		}
+		if owned != "" {
+			return append(conflicts, owned), nil, nil
+		}
+	}
 	for _, r := range rules {
 		leftovers = append(leftovers, fmt.Sprintf("ip %s rule %s", familyName(r.Family), describeRule(r)))
 	}
@@ -160,6 +188,82 @@ func InspectPolicyRouting(cfg Config) (conflicts, leftovers []string, err error)
 		leftovers = append(leftovers, fmt.Sprintf("ip %s route %s", familyName(r.Family), describeRoute(r, linkName(h, r.LinkIndex))))
 	}
 	return conflicts, leftovers, nil
+}
+
+// ownedByLive says, if the tagged rules and routes found for cfg (rules,
+// routes) may belong to another transparent ftpgate running in the
+// namespace, whose; "" if they can only be left by a killed one. Its owner
+// table "inet X" (X is not cfg.Table) is ftpgate's if it has the
+// intercept_ports set; the kernel removes it with its process, so it exists
+// only while that ftpgate runs. A reverse-mode one (its set empty) has no
+// policy routing, nor has one whose rules set another fwmark (its rule,
+// with the same table, would be a conflict).
+func ownedByLive(h *netlink.Handle, c *nftables.Conn, cfg Config, rules []netlink.Rule, routes []netlink.Route) (string, error) {
+	owners, err := liveOwners(c, cfg)
+	if err != nil || len(owners) == 0 {
+		return "", err
+	}
+	var found []string
+	for _, r := range rules {
+		found = append(found, fmt.Sprintf("ip %s rule %s", familyName(r.Family), describeRule(r)))
+	}
+	for _, r := range routes {
+		found = append(found, fmt.Sprintf("ip %s route %s", familyName(r.Family), describeRoute(r, linkName(h, r.LinkIndex))))
+	}
+	return fmt.Sprintf("fwmark %#x / route table %d are used by the running ftpgate of table %s (%s) — give this instance another --fwmark and --route-table",
+		cfg.FWMark, cfg.RouteTable, strings.Join(owners, ", "), strings.Join(found, "; ")), nil
+}
+
+// liveOwners returns the owner tables ("inet X", X not cfg.Table) of the
+// transparent ftpgates running in c's namespace that may use cfg.FWMark.
+func liveOwners(c *nftables.Conn, cfg Config) ([]string, error) {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, wrap("nftables", "list tables", err)
+	}
+	var out []string
+	for _, t := range tables {
+		if t.Name == cfg.Table || t.Flags&nftables.TableFlagOwner == 0 {
+			continue
+		}
+		set, err := c.GetSetByName(t, setInterceptPort)
+		if err != nil {
+			continue // no such set: not ftpgate's
+		}
+		if elems, err := c.GetSetElements(set); err == nil && len(elems) == 0 {
+			continue // reverse mode
+		}
+		if mark, ok := fwmarkOf(c, t); ok && mark != cfg.FWMark {
+			continue
+		}
+		out = append(out, "inet "+t.Name)
+	}
+	return out, nil
+}
+
+// fwmarkOf reads the fwmark the transparent ftpgate of table t sets (meta
+// mark set, in its prerouting chain).
+func fwmarkOf(c *nftables.Conn, t *nftables.Table) (uint32, bool) {
+	rules, err := c.GetRules(t, &nftables.Chain{Name: chainPrerouting, Table: t})
+	if err != nil {
+		return 0, false
+	}
+	for _, r := range rules {
+		var imm []byte
+		for _, e := range r.Exprs {
+			switch e := e.(type) {
+			case *expr.Immediate:
+				if e.Register == 1 {
+					imm = e.Data
+				}
+			case *expr.Meta:
+				if e.Key == expr.MetaKeyMARK && e.SourceRegister && e.Register == 1 && len(imm) == 4 {
+					return binaryutil.NativeEndian.Uint32(imm), true
+				}
+			}
+		}
+	}
+	return 0, false
 }
 
 // RoutingConflictFix says what to do when InspectPolicyRouting or New finds

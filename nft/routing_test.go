@@ -156,3 +156,132 @@ func TestPolicyRoutingOwnership(t *testing.T) {
 		})
 	}
 }
+
+// TestSecondInstanceKeepsRouting: a second transparent ftpgate in the
+// namespace (another table) with the first one's fwmark and route table is
+// refused — it used to take the first one's tagged rule and route for
+// leftovers of a killed run, replace them, and delete them on exit, leaving
+// the first without policy routing. With its own fwmark and route table it
+// runs beside the first; and leftovers of a killed ftpgate are still
+// replaced while other ftpgates run (a reverse-mode one, a transparent one
+// with another fwmark).
+func TestSecondInstanceKeepsRouting(t *testing.T) {
+	requireRoot(t)
+	leakCheck(t)
+	ns := newNS(t, "route2")
+	routing := func() string {
+		var b strings.Builder
+		for _, fam := range []string{"-4", "-6"} {
+			b.WriteString(run(t, "ip", "-n", ns.name, fam, "rule", "show"))
+			b.WriteString(run(t, "ip", "-n", ns.name, fam, "route", "show", "table", "all", "proto", "70"))
+		}
+		return b.String()
+	}
+	hasRouting := func(when, mark, table string) {
+		t.Helper()
+		rs := routing()
+		if n := strings.Count(rs, "fwmark "+mark+" lookup "+table+" proto 70"); n != 2 {
+			t.Errorf("%s: %d tagged rules for fwmark %s table %s, want 2 (IPv4, IPv6):\n%s", when, n, mark, table, rs)
+		}
+		for _, fam := range []string{"-4", "-6"} {
+			if out := run(t, "ip", "-n", ns.name, fam, "route", "show", "table", table); !strings.Contains(out, "local default dev lo proto 70") {
+				t.Errorf("%s: ip %s route show table %s lacks the tagged local route:\n%s", when, fam, table, out)
+			}
+		}
+	}
+	newFW := func(cfg Config) (*Firewall, error) {
+		var fw *Firewall
+		var err error
+		ns.do(t, func() { fw, err = New(cfg, testLogger(t)) })
+		return fw, err
+	}
+	inspect := func(cfg Config) (conflicts, leftovers []string) {
+		var err error
+		ns.do(t, func() { conflicts, leftovers, err = InspectPolicyRouting(cfg) })
+		if err != nil {
+			t.Fatalf("InspectPolicyRouting: %v", err)
+		}
+		return conflicts, leftovers
+	}
+
+	a, err := newFW(Config{Intercept: true})
+	if err != nil {
+		t.Fatalf("New a: %v", err)
+	}
+	defer a.Close()
+	hasRouting("a runs", "0x1", "100")
+
+	// Same fwmark and route table: refused, and says so beforehand.
+	bCfg := Config{Intercept: true, Table: "ftpgate2", InterceptPorts: []uint16{2121}}
+	conflicts, leftovers := inspect(bCfg)
+	if got := strings.Join(conflicts, "\n"); !strings.Contains(got, "used by the running ftpgate of table inet ftpgate (") || len(leftovers) != 0 {
+		t.Errorf("InspectPolicyRouting with a running: conflicts %q, leftovers %q; want a conflict naming table inet ftpgate and no leftovers", conflicts, leftovers)
+	}
+	if b, err := newFW(bCfg); err == nil {
+		b.Close()
+		t.Error("a second transparent ftpgate with the first one's fwmark and route table started")
+	} else {
+		t.Log(err)
+		for _, w := range []string{"fwmark 0x1 / route table 100 are used by the running ftpgate of table inet ftpgate", "--fwmark", "--route-table"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("New b: %v\nwant it to say %q", err, w)
+			}
+		}
+	}
+	if tables := ns.exec(t, "nft", "list", "tables"); strings.TrimSpace(tables) != "table inet ftpgate" {
+		t.Errorf("the refused New left tables behind:\n%s", tables)
+	}
+	hasRouting("after the refused b", "0x1", "100")
+
+	// Its own fwmark and route table: both run, and its exit leaves a's.
+	b, err := newFW(Config{Intercept: true, Table: "ftpgate2", InterceptPorts: []uint16{2121}, FWMark: 2, RouteTable: 101})
+	if err != nil {
+		t.Fatalf("New b with its own fwmark and route table: %v", err)
+	}
+	hasRouting("a and b run", "0x1", "100")
+	hasRouting("a and b run", "0x2", "101")
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	hasRouting("after b.Close", "0x1", "100")
+
+	// Leftovers of a killed a (its table gone, its tagged routing left) are
+	// replaced while a reverse-mode ftpgate and a transparent one with
+	// another fwmark run.
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []string{"-4", "-6"} {
+		def := "0.0.0.0/0"
+		if fam == "-6" {
+			def = "::/0"
+		}
+		run(t, "ip", "-n", ns.name, fam, "rule", "add", "fwmark", "1", "lookup", "100", "proto", "70")
+		run(t, "ip", "-n", ns.name, fam, "route", "add", "local", def, "dev", "lo", "table", "100", "proto", "70")
+	}
+	rev, err := newFW(Config{Table: "ftpgate_rev"})
+	if err != nil {
+		t.Fatalf("New reverse: %v", err)
+	}
+	defer rev.Close()
+	other, err := newFW(Config{Intercept: true, Table: "ftpgate2", InterceptPorts: []uint16{2121}, FWMark: 2, RouteTable: 101})
+	if err != nil {
+		t.Fatalf("New b again: %v", err)
+	}
+	defer other.Close()
+	if conflicts, leftovers := inspect(Config{Intercept: true}); len(conflicts) != 0 || len(leftovers) != 4 {
+		t.Errorf("InspectPolicyRouting of a killed run's leftovers: conflicts %q, leftovers %q; want the 4 leftovers", conflicts, leftovers)
+	}
+	a2, err := newFW(Config{Intercept: true})
+	if err != nil {
+		t.Fatalf("New replacing a killed run's leftovers: %v", err)
+	}
+	hasRouting("a2 replaced the leftovers", "0x1", "100")
+	if err := a2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if rs := routing(); strings.Contains(rs, "fwmark 0x1") || strings.Contains(rs, "lookup 100") || strings.Contains(rs, "table 100") {
+		t.Errorf("a2 left its policy routing after Close:\n%s", rs)
+	}
+	hasRouting("after a2.Close", "0x2", "101")
+}
