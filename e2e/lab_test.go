@@ -628,6 +628,13 @@ const (
 // anonymous, passive and active mode) and waits until it answers 220.
 func (l *Lab) StartVsftpd(t testing.TB) *Vsftpd {
 	t.Helper()
+	return l.startVsftpd(t, l.Server, netip.AddrPortFrom(l.ServerIP4, 21))
+}
+
+// startVsftpd starts vsftpd in ns on every address, on the port of wait, and
+// waits until it answers 220 there.
+func (l *Lab) startVsftpd(t testing.TB, ns *NS, wait netip.AddrPort) *Vsftpd {
+	t.Helper()
 	ftpUser, err := user.Lookup("ftp")
 	if err != nil {
 		t.Fatalf("vsftpd needs the 'ftp' user (created by the Debian vsftpd package): %v", err)
@@ -674,7 +681,7 @@ func (l *Lab) StartVsftpd(t testing.TB) *Vsftpd {
 	conf := strings.Join([]string{
 		"listen=NO",
 		"listen_ipv6=YES", // one AF_INET6 socket, dual stack (v4 clients appear as ::ffff:a.b.c.d)
-		"listen_port=21",
+		fmt.Sprintf("listen_port=%d", wait.Port()),
 		"background=NO", // foreground: we own the process and kill it in cleanup
 		"anonymous_enable=YES",
 		"no_anon_password=YES",
@@ -723,13 +730,12 @@ func (l *Lab) StartVsftpd(t testing.TB) *Vsftpd {
 	}, "\n")
 	must(os.WriteFile(v.Conf, []byte(conf), 0o600))
 
-	d := l.Server.startDaemon(t, v.Stderr, true, "vsftpd", v.Conf)
+	d := ns.startDaemon(t, v.Stderr, true, "vsftpd", v.Conf)
 	v.Daemon = d
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	addr := netip.AddrPortFrom(l.ServerIP4, 21).String()
-	err = l.Server.WaitTCP(ctx, d, addr, func(c net.Conn) error {
+	err = ns.WaitTCP(ctx, d, wait.String(), func(c net.Conn) error {
 		line, err := bufio.NewReader(c).ReadString('\n')
 		if err != nil {
 			return fmt.Errorf("read banner: %w", err)

@@ -692,3 +692,29 @@ func TestReverseUpstreamOtherFamily(t *testing.T) {
 		t.Logf("ftpgate log:\n%s", tailString(g.LogText(), 2000))
 	}
 }
+
+// An FTP server on the gateway itself, which reverse mode is the way to
+// protect (README): its passive data connections are delivered locally and
+// its active ones start locally, so they meet ftpgate's NAT in the input and
+// output hooks, not in prerouting and postrouting as a forwarded server's do.
+// vsftpd listens on port 2100 (ftpgate has port 21 of the public addresses).
+func TestReverseServerOnGateway(t *testing.T) {
+	requireLabEnv(t)
+	requireFtpgate(t)
+	t.Parallel()
+	l := NewLab(t)
+	l.Nft(t, "host.nft", ReverseHostRuleset)
+	NetnsHosts(t, l.Gateway,
+		l.GwServerIP4.String()+" "+upstreamName,
+		l.GwServerIP6.String()+" "+upstreamName)
+	srv := l.startVsftpd(t, l.Gateway, netip.AddrPortFrom(l.GwServerIP4, 2100))
+	g := l.StartFtpgate(t, reverseArgs(l, "--upstream", upstreamName+":2100")...)
+
+	public := func(f int) netip.Addr { return publicIP(l, f) }
+	getMatrix(t, l, srv, g, AllCases(), public)
+	putMatrix(t, l, srv, g, "lput", Modes, public)
+	expectNoLeftovers(t, l, 10*time.Second)
+	if t.Failed() {
+		t.Logf("ruleset:\n%s", l.Gateway.Run(t, "nft", "list", "ruleset"))
+	}
+}
