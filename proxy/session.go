@@ -409,10 +409,8 @@ func (s *session) relayCommands() {
 			s.forward(verb, line)
 		case "EPSV":
 			if strings.EqualFold(strings.TrimSpace(arg), "ALL") {
-				s.mu.Lock()
-				s.epsvAll = true
-				s.mu.Unlock()
 				// Its reply names no port: a 229 to it pairs with nothing.
+				// It binds the session once the server accepts it.
 				verb = "EPSV ALL"
 			}
 			s.forward(verb, line)
@@ -887,6 +885,14 @@ func (s *session) finishReply(code int, line string) bool {
 	defer s.mu.Unlock()
 	s.popLocked()
 	s.told421 = s.told421 || code == 421
+	if code >= 200 && code < 300 {
+		switch head.verb {
+		case "EPSV ALL": // RFC 2428: from now on only EPSV
+			s.epsvAll = true
+		case "REIN": // RFC 959: a new session, as if just connected
+			s.epsvAll = false
+		}
+	}
 	if !head.start.IsZero() {
 		s.transferDone(head, code)
 	}

@@ -388,6 +388,38 @@ func TestSessionEPSVAll(t *testing.T) {
 	}
 }
 
+// EPSV ALL binds the session only once the server accepts it, and REIN
+// (a new session) lifts it.
+func TestSessionEPSVAllOnAcceptance(t *testing.T) {
+	refuses := func(cmd string) string {
+		if cmd == "EPSV ALL" {
+			return "500 Unknown command.\r\n"
+		}
+		return defaultRespond(cmd)
+	}
+	h := newHarness(t, "", refuses)
+	h.send("EPSV ALL")
+	h.expect("500 ")
+	h.send("PASV")
+	h.expect("227 ")
+
+	rein := func(cmd string) string {
+		if cmd == "REIN" {
+			return "220 Service ready for new user.\r\n"
+		}
+		return defaultRespond(cmd)
+	}
+	h = newHarness(t, "", rein)
+	h.send("EPSV ALL")
+	h.expect("200 ")
+	h.send("PASV")
+	h.expect("501 ")
+	h.send("REIN")
+	h.expect("220 ")
+	h.send("PASV")
+	h.expect("227 ")
+}
+
 func TestSessionGateFailure(t *testing.T) {
 	h := newHarness(t, "", nil)
 	h.gate.fail = errors.New("netlink: operation not permitted")
