@@ -53,8 +53,8 @@ type ctEvents struct {
 // ctHandlers are what the listener calls, all from its goroutine.
 type ctHandlers struct {
 	// onNew: a new TCP connection whose ct mark is mark under mask, with
-	// its conntrack ID and original tuple.
-	onNew func(k pinKey, id uint32, orig conntrack.Tuple)
+	// its conntrack ID, original tuple and conntrack zone.
+	onNew func(k pinKey, id uint32, orig conntrack.Tuple, zone uint16)
 	// onDestroy (if not nil): such a connection's entry went, with the
 	// kernel's byte counters (when accounting is on).
 	onDestroy func(id uint32, origBytes, replyBytes uint64)
@@ -261,7 +261,7 @@ func (ev *ctEvents) handle(m netlink.Message) {
 			src:  t.IP.SourceAddress.Unmap(),
 			dst:  t.IP.DestinationAddress.Unmap(),
 			port: t.Proto.DestinationPort,
-		}, e.Flow.ID, t)
+		}, e.Flow.ID, t, e.Flow.Zone)
 	case conntrack.EventDestroy:
 		if ev.onDestroy != nil {
 			ev.onDestroy(e.Flow.ID, e.Flow.CountersOrig.Bytes, e.Flow.CountersReply.Bytes)

@@ -518,7 +518,7 @@ func (p *pinhole) expire() {
 // of a key whose pinhole a connection used within raceWindow, from another
 // conntrack entry, when no pinhole of the key is open, gets its entry
 // deleted (cutRaced).
-func (fw *Firewall) onConnNew(k pinKey, id uint32, orig conntrack.Tuple) {
+func (fw *Firewall) onConnNew(k pinKey, id uint32, orig conntrack.Tuple, zone uint16) {
 	fw.mu.Lock()
 	var ended []*pinhole
 	e := fw.entries[k]
@@ -544,7 +544,7 @@ func (fw *Firewall) onConnNew(k pinKey, id uint32, orig conntrack.Tuple) {
 	fw.mu.Unlock()
 	fw.notify(ended)
 	if raced {
-		fw.cutRaced(id, orig)
+		fw.cutRaced(id, orig, zone)
 	}
 }
 
@@ -573,20 +573,23 @@ func (fw *Firewall) consumedLocked(k pinKey, id uint32) {
 	fw.consumed[k] = consumedKey{id: id, at: now}
 }
 
-// cutRaced deletes the conntrack entry (id, orig) of a second connection
-// through a one-shot pinhole. Its opening SYN has gone through already; with
+// cutRaced deletes the conntrack entry (id, orig, in zone) of a second
+// connection through a one-shot pinhole. The zone is the entry's: a host
+// that zones its forwarded traffic (per interface, per VRF) has pinhole
+// connections outside zone 0, and looked up in zone 0 such an entry is
+// not found — and was taken for one gone already. Its opening SYN has gone through already; with
 // the entry gone, its next packets find none, carry no ct mark, and a host
 // filter that drops what ftpgate did not admit (the setting in which
 // pinholes matter) drops them.
-func (fw *Firewall) cutRaced(id uint32, orig conntrack.Tuple) {
+func (fw *Firewall) cutRaced(id uint32, orig conntrack.Tuple, zone uint16) {
 	n := fw.raced.Add(1)
 	fw.ctqMu.Lock()
 	err := fw.ctqErr
 	if fw.ctq != nil {
 		var f conntrack.Flow
 		// Only that entry: the tuple could have been reused meanwhile.
-		if f, err = fw.ctq.Get(conntrack.Flow{TupleOrig: orig}); err == nil && f.ID == id {
-			err = fw.ctq.Delete(conntrack.Flow{TupleOrig: orig})
+		if f, err = fw.ctq.Get(conntrack.Flow{TupleOrig: orig, Zone: zone}); err == nil && f.ID == id {
+			err = fw.ctq.Delete(conntrack.Flow{TupleOrig: orig, Zone: zone})
 		}
 		if errors.Is(err, unix.ENOENT) {
 			err = nil // gone already
@@ -595,13 +598,19 @@ func (fw *Firewall) cutRaced(id uint32, orig conntrack.Tuple) {
 	fw.ctqMu.Unlock()
 	src := netip.AddrPortFrom(orig.IP.SourceAddress.Unmap(), orig.Proto.SourcePort)
 	dst := netip.AddrPortFrom(orig.IP.DestinationAddress.Unmap(), orig.Proto.DestinationPort)
+	attrs := []any{"src", src, "dst", dst}
+	hand := "conntrack -D -p tcp --orig-src " + src.Addr().String() + " --sport " + fmt.Sprint(src.Port())
+	if zone != 0 {
+		attrs = append(attrs, "zone", zone)
+		hand += " -w " + fmt.Sprint(zone)
+	}
 	if err != nil {
-		fw.log.Error("nft: a second connection got through a one-shot pinhole (its opening SYN raced the first one's), and its conntrack entry cannot be deleted — delete it by hand: conntrack -D -p tcp --orig-src "+src.Addr().String()+" --sport "+fmt.Sprint(src.Port()),
-			"src", src, "dst", dst, "err", wrap("conntrack", "delete entry", err), "raced_total", n)
+		fw.log.Error("nft: a second connection got through a one-shot pinhole (its opening SYN raced the first one's), and its conntrack entry cannot be deleted — delete it by hand: "+hand,
+			append(attrs, "err", wrap("conntrack", "delete entry", err), "raced_total", n)...)
 		return
 	}
 	fw.log.Warn("nft: a second connection got through a one-shot pinhole (its opening SYN raced the first one's); its conntrack entry is deleted, which cuts it",
-		"src", src, "dst", dst, "raced_total", n)
+		append(attrs, "raced_total", n)...)
 }
 
 // RacedConnections returns how many second connections through a one-shot

@@ -1044,7 +1044,7 @@ func TestPinholeEndWithoutLocks(t *testing.T) {
 	}
 	wait("Pinhole.Close")
 	open(time.Minute)
-	fw.onConnNew(k, 1, conntrack.Tuple{})
+	fw.onConnNew(k, 1, conntrack.Tuple{}, 0)
 	wait("conntrack event")
 	open(10 * time.Millisecond)
 	wait("expiry")

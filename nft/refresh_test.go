@@ -82,7 +82,7 @@ func TestLateEventAfterRefresh(t *testing.T) {
 
 			// The late events, oldest first.
 			for i, p := range old {
-				fw.onConnNew(k, uint32(i+1), conntrack.Tuple{})
+				fw.onConnNew(k, uint32(i+1), conntrack.Tuple{}, 0)
 				if got := rec.wait(t, time.Second); got.f != c.f1 || !got.used {
 					t.Errorf("late event %d: OnPinholeEnd(%v, %v), want (%v, true)", i, got.f, got.used, c.f1)
 				}
@@ -138,7 +138,7 @@ func TestRefreshOfUnusedPinhole(t *testing.T) {
 	if got := rec.wait(t, time.Second); got.used {
 		t.Error("the replaced, unused pinhole was reported used")
 	}
-	fw.onConnNew(k, 1, conntrack.Tuple{})
+	fw.onConnNew(k, 1, conntrack.Tuple{}, 0)
 	waitDone(t, p2, time.Second)
 	if got := rec.wait(t, time.Second); !got.used {
 		t.Error("the new pinhole's event reported it unused")
