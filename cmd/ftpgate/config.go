@@ -256,6 +256,14 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 		if o.upstream != "" {
 			return cfg, fmt.Errorf("--upstream %q is for --mode reverse (protect one server); transparent mode relays to whatever server each client dials: set --mode reverse, or remove --upstream", o.upstream)
 		}
+		// A wildcard listener would also take connections made to the
+		// gateway's own addresses on its port, which ftpgate would then dial
+		// again through itself, session inside session.
+		for _, l := range o.listen.values {
+			if ap, err := netip.ParseAddrPort(l); err == nil && ap.Addr().IsUnspecified() {
+				return cfg, fmt.Errorf("--listen %s: transparent mode diverts to one specific local address per family (default 127.0.0.1:2121 and [::1]:2121), not a wildcard", l)
+			}
+		}
 	case "reverse":
 		cfg.Mode = proxy.Reverse
 		if o.upstream == "" {
