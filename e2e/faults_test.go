@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -164,4 +165,25 @@ func TestRestartUnderLoad(t *testing.T) {
 		t.Errorf("no successful transfers after the restart (ok %d, failed %d)", ok.Load(), bad.Load())
 	}
 	t.Logf("transfers: %d ok, %d failed around the restart", ok.Load(), bad.Load())
+}
+
+// vsftpd ends an idle session with "421 Timeout." of its own accord (no
+// command pending): the client must get that reply, once, and nothing may
+// count it as a hostile server's unsolicited reply.
+func TestServerIdleTimeout421(t *testing.T) {
+	requireLabEnv(t)
+	requireFtpgate(t)
+	t.Parallel()
+	l, srv, g := newGatewayLab(t)
+	RestartVsftpd(t, l, srv, "idle_session_timeout=1")
+
+	c := dialControl(t, l, l.ServerIP4)
+	c.expect("421") // after a second of silence
+	c.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if rest, err := io.ReadAll(c.r); len(rest) > 0 {
+		t.Errorf("after the server's 421 the client got %q (%v), want the end of the connection", rest, err)
+	}
+	if v := g.Metric(t, `ftpgate_refusals_total{reason="unsolicited_reply"}`); v != 0 {
+		t.Errorf("refusals{unsolicited_reply} = %v, want 0: a 421 announcing the end is no hostile reply\n%s", v, tailString(g.LogText(), 2000))
+	}
 }
