@@ -400,8 +400,40 @@ func checkHostRuleset(c *nftables.Conn, cfg Config) []Finding {
 		}
 		out = append(out, Finding{OK: true, What: what})
 	}
+	out = append(out, checkLegacyTables(cfg)...)
 	if len(out) == 0 {
 		out = append(out, Finding{OK: true, What: "no host chain drops forwarded traffic; nothing to add"})
+	}
+	return out
+}
+
+// legacyTableFiles name the x_tables (iptables-legacy) tables loaded in the
+// calling thread's network namespace, one per line: /proc/net is the main
+// thread's namespace, thread-self/net the locked thread's. A variable for
+// tests.
+var legacyTableFiles = []struct{ tool, path string }{
+	{"iptables", "/proc/thread-self/net/ip_tables_names"},
+	{"ip6tables", "/proc/thread-self/net/ip6_tables_names"},
+}
+
+// checkLegacyTables reports loaded iptables-legacy tables: their rules are
+// not nf_tables rules, so checkHostRuleset cannot see whether they drop
+// ftpgate's connections — and must not say there is nothing to add.
+func checkLegacyTables(cfg Config) []Finding {
+	var out []Finding
+	for _, l := range legacyTableFiles {
+		b, err := os.ReadFile(l.path)
+		if err != nil {
+			continue // x_tables not in the kernel: nothing loaded
+		}
+		names := strings.Fields(string(b))
+		if len(names) == 0 {
+			continue
+		}
+		slices.Sort(names)
+		out = append(out, Finding{OK: true, What: fmt.Sprintf(
+			"legacy %[1]s tables are loaded (%[2]s) and check cannot read their rules: if their INPUT or FORWARD chain drops (policy DROP, DROP or REJECT rules), accept ftpgate's connections before the drops: %[1]s -I FORWARD -m connmark --mark %#[3]x/%#[4]x -j ACCEPT and %[1]s -I INPUT -m connmark --mark %#[3]x/%#[4]x -j ACCEPT",
+			l.tool, strings.Join(names, ", "), cfg.CTMark, cfg.CTMask)})
 	}
 	return out
 }

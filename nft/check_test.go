@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -158,6 +160,44 @@ table ip legacy {
 	}
 	if hasFinding(findings(t, ns, Config{}), true, "conntrack zones:") {
 		t.Errorf("a zone finding in reverse mode (no zones there)")
+	}
+}
+
+// TestCheckLegacyIptables: with iptables-legacy tables loaded in the
+// namespace (their rules invisible to nf_tables), check does not say there
+// is nothing to add but what to add to INPUT and FORWARD. The kernel's
+// lists are faked: loading x_tables would change the host.
+func TestCheckLegacyIptables(t *testing.T) {
+	requireRoot(t)
+	ns := newNS(t, "checklegacy")
+	dir := t.TempDir()
+	v4, v6 := filepath.Join(dir, "ip_tables_names"), filepath.Join(dir, "ip6_tables_names")
+	if err := os.WriteFile(v4, []byte("nat\nfilter\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(v6, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	saved := legacyTableFiles
+	t.Cleanup(func() { legacyTableFiles = saved })
+	legacyTableFiles = []struct{ tool, path string }{{"iptables", v4}, {"ip6tables", v6}}
+
+	out := findings(t, ns, Config{CTMark: 0x4000, CTMask: 0xc000})
+	if hasFinding(out, true, "nothing to add") {
+		t.Error("check says there is nothing to add although legacy iptables tables are loaded")
+	}
+	if !hasFinding(out, true, "legacy iptables tables are loaded (filter, nat) and check cannot read their rules") ||
+		!hasFinding(out, true, "iptables -I FORWARD -m connmark --mark 0x4000/0xc000 -j ACCEPT and iptables -I INPUT -m connmark --mark 0x4000/0xc000 -j ACCEPT") {
+		t.Error("no finding telling what to add to the legacy iptables chains")
+	}
+	if hasFinding(out, true, "ip6tables") {
+		t.Error("a finding about ip6tables, whose list of tables is empty")
+	}
+
+	// Nothing loaded (empty or missing lists): nothing to add.
+	legacyTableFiles = []struct{ tool, path string }{{"iptables", v6}, {"ip6tables", filepath.Join(dir, "missing")}}
+	if out := findings(t, ns, Config{}); !hasFinding(out, true, "nothing to add") || hasFinding(out, true, "legacy") {
+		t.Error("without legacy tables: want the nothing-to-add finding and none about legacy tables")
 	}
 }
 
