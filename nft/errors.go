@@ -10,6 +10,12 @@ import (
 // ErrClosed is returned by Open after Close.
 var ErrClosed = errors.New("nft: firewall is closed")
 
+// ErrInterceptPort is returned (wrapped) by Open in transparent mode for a
+// pinhole whose port is one of Config.InterceptPorts: the tproxy rule
+// diverts every connection to such a port of a foreign address to
+// ftpgate's listener, before any pinhole rule sees it.
+var ErrInterceptPort = errors.New("the port is an intercepted FTP control port")
+
 // hint says what to do about a netlink error, or "" if there is nothing
 // specific to say.
 func hint(err error) string {

@@ -359,6 +359,11 @@ func (fw *Firewall) Open(ctx context.Context, f proxy.Flow, ttl time.Duration) (
 	if err != nil {
 		return nil, err
 	}
+	if fw.cfg.Intercept && slices.Contains(fw.cfg.InterceptPorts, key.port) {
+		// Its connection would become a control session of ftpgate's, and
+		// the pinhole would stay unused until its ttl.
+		return nil, fmt.Errorf("nft: pinhole %s: %w (--intercept-port %d): its connections are diverted to ftpgate's listener, never let through a pinhole", f, ErrInterceptPort, key.port)
+	}
 	if ttl <= 0 {
 		return nil, fmt.Errorf("nft: pinhole %s: ttl %v must be positive", f, ttl)
 	}

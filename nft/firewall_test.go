@@ -100,6 +100,22 @@ func TestOpenValidation(t *testing.T) {
 			}
 		})
 	}
+	// In transparent mode a pinhole to an intercepted port would be
+	// diverted to ftpgate's listener instead: refused.
+	// (A cancelled context ends Open before it reaches the kernel.)
+	done, stop := context.WithCancel(ctx)
+	stop()
+	tfw := &Firewall{cfg: Config{Intercept: true, InterceptPorts: []uint16{21, 2121}}}
+	for _, f := range []proxy.Flow{flow("10.0.0.1", "10.0.0.2:2121"), natFlow("fd00::1", "[fd00::2]:2121", "[fd00::3]:40000", "")} {
+		if _, err := tfw.Open(done, f, time.Second); !errors.Is(err, ErrInterceptPort) || !strings.Contains(err.Error(), "--intercept-port 2121") {
+			t.Errorf("transparent Open(%v) = %v, want ErrInterceptPort naming --intercept-port 2121", f, err)
+		}
+	}
+	// Reverse mode intercepts nothing.
+	rfw := &Firewall{cfg: Config{InterceptPorts: []uint16{21, 2121}}}
+	if _, err := rfw.Open(done, flow("10.0.0.1", "10.0.0.2:2121"), time.Second); !errors.Is(err, context.Canceled) {
+		t.Errorf("reverse-mode Open of port 2121 = %v, want it to pass validation (and stop at the cancelled context)", err)
+	}
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
 	if _, err := fw.Open(cctx, flow("10.0.0.1", "10.0.0.2:5000"), time.Second); !errors.Is(err, context.Canceled) {
