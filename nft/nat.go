@@ -17,13 +17,15 @@ import (
 // Src . Dst . port, added in one batch:
 //
 //   - natpin4/6 (a set, like pin4/6): the one-shot key. The nat_prerouting
-//     rule deletes it from the packet path when a new connection matches, so
+//     rule (nat_output's, for a connection made on the gateway itself)
+//     deletes it from the packet path when a new connection matches, so
 //     exactly one connection is translated;
 //   - dnat4/6 (a timeout map): Target address . port, looked up by that rule
 //     right after consuming the key; only if it is there is the connection
 //     marked and DNAT'ed (never marked without being translated);
 //   - snat4/6 (a timeout map): the SNAT address, looked up in nat_postrouting
-//     by the connection's original tuple (ip saddr . ct original ip daddr .
+//     (nat_input for a connection delivered to the gateway itself) by the
+//     connection's original tuple (ip saddr . ct original ip daddr .
 //     ct original proto-dst), only for DNAT'ed connections.
 //
 // Why not a dynset delete on the dnat map itself: the kernel refuses a

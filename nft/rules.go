@@ -276,9 +276,9 @@ func consumePin(fa *family, set *nftables.Set) []expr.Any {
 	)
 }
 
-// dnatRuleExprs (chain nat_prerouting), the NAT pinhole: consume the one-shot
-// key, check that its DNAT data is there, mark the connection, DNAT it to the
-// address and port in dnatN.
+// dnatRuleExprs (chains nat_prerouting and nat_output), the NAT pinhole:
+// consume the one-shot key, check that its DNAT data is there, mark the
+// connection, DNAT it to the address and port in dnatN.
 //
 //	ct state new meta nfproto X meta l4proto tcp
 //	ip saddr . ip daddr . tcp dport @natpinN delete @natpinN { ip saddr . ip daddr . tcp dport }
@@ -303,9 +303,10 @@ func dnatRuleExprs(cfg Config, fa *family, pins, dnat *nftables.Set) []expr.Any 
 	)
 }
 
-// snatRuleExprs (chain nat_postrouting): source NAT of connections DNAT'ed
-// through a NAT pinhole that has an snatN element. The key is the
-// connection's original tuple, the same as the pinhole's dnatN key.
+// snatRuleExprs (chains nat_postrouting and nat_input): source NAT of
+// connections DNAT'ed through a NAT pinhole that has an snatN element. The
+// key is the connection's original tuple, the same as the pinhole's dnatN
+// key.
 //
 //	meta nfproto X meta l4proto tcp ct status dnat
 //	snat ip to ip saddr . ct original ip daddr . ct original proto-dst map @snatN
