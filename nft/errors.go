@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftpgate/ftpgate/proxy"
 )
 
 // ErrClosed is returned by Open after Close.
@@ -13,8 +15,9 @@ var ErrClosed = errors.New("nft: firewall is closed")
 // ErrInterceptPort is returned (wrapped) by Open in transparent mode for a
 // pinhole whose port is one of Config.InterceptPorts: the tproxy rule
 // diverts every connection to such a port of a foreign address to
-// ftpgate's listener, before any pinhole rule sees it.
-var ErrInterceptPort = errors.New("the port is an intercepted FTP control port")
+// ftpgate's listener, before any pinhole rule sees it. It is the proxy's
+// ErrInterceptedPort, so that sessions count a refusal, not a failure.
+var ErrInterceptPort = proxy.ErrInterceptedPort
 
 // hint says what to do about a netlink error, or "" if there is nothing
 // specific to say.

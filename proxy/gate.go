@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -23,6 +24,12 @@ func (d Direction) String() string {
 	}
 	return "passive"
 }
+
+// ErrInterceptedPort is wrapped by a Gate's Open for a data connection to a
+// port the gateway intercepts as FTP control connections: such connections
+// go to ftpgate's listener, never through a pinhole. A refusal by
+// configuration, not a firewall failure.
+var ErrInterceptedPort = errors.New("the data port is an intercepted FTP control port")
 
 // Flow is one negotiated data connection: Src will open a TCP connection to Dst.
 type Flow struct {

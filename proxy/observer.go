@@ -38,6 +38,7 @@ const (
 	ReasonPipeline      Reason = "pipeline_overflow" // more than maxPipelined commands awaiting replies
 	ReasonWriteFailed   Reason = "write_failed"      // a peer stopped reading: a write to it timed out or failed
 	ReasonClientPorts   Reason = "client_ports"      // a client address holds its share of --passive-ports
+	ReasonInterceptPort Reason = "intercept_port"    // the data port is one the gateway intercepts (--intercept-port)
 )
 
 // Reasons lists every Reason, for pre-initialising metric series.
@@ -47,7 +48,7 @@ var Reasons = []Reason{
 	ReasonUnsupported, ReasonEPSVAll, ReasonTLS, ReasonFirewall, ReasonUpstream, ReasonLoop,
 	ReasonNoPorts, ReasonServerPorts, ReasonCrossFamily, ReasonShutdown, ReasonMaxSessions,
 	ReasonMaxPerClient, ReasonIdle, ReasonPendingCap, ReasonDenied, ReasonNotAnonymous, ReasonWrongSide,
-	ReasonBadVerb, ReasonPipeline, ReasonWriteFailed, ReasonClientPorts,
+	ReasonBadVerb, ReasonPipeline, ReasonWriteFailed, ReasonClientPorts, ReasonInterceptPort,
 }
 
 // Observer receives the session events that metrics count. The metrics

@@ -661,6 +661,10 @@ func (s *session) openPinhole(f Flow) Pinhole {
 		s.log.Debug("opening abandoned: the session is ending", "flow", f, "err", err)
 		return nil
 	}
+	if errors.Is(err, ErrInterceptedPort) {
+		s.refused(ReasonInterceptPort, "the data port is an intercepted control port", "flow", f.String())
+		return nil
+	}
 	if err != nil {
 		s.refused(ReasonFirewall, "firewall could not open the data connection", "flow", f.String(), "err", err)
 		return nil

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -418,6 +419,21 @@ func TestSessionEPSVAllOnAcceptance(t *testing.T) {
 	h.expect("220 ")
 	h.send("PASV")
 	h.expect("227 ")
+}
+
+// A data port the gateway intercepts is a refusal by configuration, not a
+// firewall failure.
+func TestSessionInterceptedPort(t *testing.T) {
+	h := newHarness(t, "", nil)
+	h.gate.fail = fmt.Errorf("nft: pinhole x: %w (--intercept-port 50000)", ErrInterceptedPort)
+	h.send("PASV")
+	h.expect("425 ")
+	h.send("NOOP")
+	h.expect("200 ")
+	logs := h.logs.String()
+	if !strings.Contains(logs, "reason=intercept_port") || strings.Contains(logs, "reason=firewall_error") {
+		t.Errorf("want one intercept_port refusal and no firewall_error:\n%s", logs)
+	}
 }
 
 func TestSessionGateFailure(t *testing.T) {

@@ -161,6 +161,7 @@ func TestCountingGate(t *testing.T) {
 		{"session ended meanwhile", kernel, true, false},
 		{"session context cancelled", fmt.Errorf("nft: pinhole x: %w", context.Canceled), false, false},
 		{"firewall closed (shutdown)", fmt.Errorf("open: %w", nft.ErrClosed), false, false},
+		{"intercepted port (a refusal)", fmt.Errorf("nft: pinhole x: %w", nft.ErrInterceptPort), false, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

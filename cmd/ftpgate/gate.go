@@ -24,7 +24,9 @@ type countingPinhole struct {
 func (g countingGate) Open(ctx context.Context, f proxy.Flow, ttl time.Duration) (proxy.Pinhole, error) {
 	p, err := g.Gate.Open(ctx, f, ttl)
 	if err != nil {
-		if !abandoned(ctx, err) {
+		// A flow refused by configuration is counted by the session (a
+		// refusal), not as a kernel error.
+		if !abandoned(ctx, err) && !errors.Is(err, proxy.ErrInterceptedPort) {
 			g.failed("open_pinhole")
 		}
 		return nil, err
