@@ -206,7 +206,7 @@ func (fw *Firewall) install() error {
 	existing, err := fw.conn.ListTableOfFamily(fw.cfg.Table, nftables.TableFamilyINet)
 	switch {
 	case err == nil && existing.Flags&nftables.TableFlagOwner != 0:
-		return fmt.Errorf("nftables: table %s already exists and is owned by netlink port %d — another ftpgate runs in this network namespace; stop it, or give this one another table name (and, in transparent mode, another --fwmark and --route-table: its policy routing must not be shared either)", name, existing.Owner)
+		return fmt.Errorf("nftables: table %s already exists and is owned by netlink port %d — another ftpgate runs in this network namespace: stop it first (one ftpgate per network namespace; a program embedding package nft can name another table, and in transparent mode must also use another fwmark and route table)", name, existing.Owner)
 	case err == nil:
 		fw.log.Warn("nft: replacing existing table without owner flag", "table", name)
 		fw.conn.DelTable(existing)

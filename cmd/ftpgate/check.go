@@ -55,7 +55,7 @@ func checkRouting(w io.Writer, cfg nft.Config) bool {
 		ok = report(w, false, c, nft.RoutingConflictFix(cfg))
 	}
 	for _, l := range leftovers {
-		fmt.Fprintf(w, "warn %s: ftpgate's policy routing (tagged proto 70): a running ftpgate's, or left by one that was killed; ftpgate replaces it at start and deletes it on exit\n", l)
+		fmt.Fprintf(w, "warn %s: ftpgate's policy routing (tagged proto 70): left by an ftpgate that was killed (a running one's would be a conflict above); ftpgate replaces it at start and deletes it on exit\n", l)
 	}
 	if ok && len(leftovers) == 0 {
 		report(w, true, fmt.Sprintf("policy routing: no ip rule uses fwmark %#x, route table %d is empty", cfg.FWMark, cfg.RouteTable), "")
