@@ -268,8 +268,8 @@ func TestNewInstallsAndCloseRemoves(t *testing.T) {
 			t.Errorf("second New: %v, want it to say another ftpgate owns the table", err)
 		}
 		// Another table name alone would not do in transparent mode.
-		if !strings.Contains(err.Error(), "another --fwmark and --route-table") {
-			t.Errorf("second New: %v, want it to ask for another --fwmark and --route-table too", err)
+		if !strings.Contains(err.Error(), "another fwmark and route table") {
+			t.Errorf("second New: %v, want it to ask for another fwmark and route table too", err)
 		}
 	})
 
