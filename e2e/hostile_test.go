@@ -45,11 +45,12 @@ type scriptServer struct {
 	write  func(c *net.TCPConn, s string)
 	mu     sync.Mutex
 	got    []string
+	done   chan struct{} // closed when the accept loop has returned
 }
 
 func startScriptServer(t *testing.T, l *Lab, greet string, answer func(string) string) *scriptServer {
 	t.Helper()
-	s := &scriptServer{greet: greet, answer: answer}
+	s := &scriptServer{greet: greet, answer: answer, done: make(chan struct{})}
 	err := l.Server.Do(func() error {
 		var err error
 		s.ln, err = net.Listen("tcp", ":21")
@@ -58,8 +59,9 @@ func startScriptServer(t *testing.T, l *Lab, greet string, answer func(string) s
 	if err != nil {
 		t.Fatalf("script server: %v", err)
 	}
-	t.Cleanup(func() { s.ln.Close() })
+	t.Cleanup(s.Close)
 	go func() {
+		defer close(s.done)
 		for {
 			c, err := s.ln.Accept()
 			if err != nil {
@@ -69,6 +71,14 @@ func startScriptServer(t *testing.T, l *Lab, greet string, answer func(string) s
 		}
 	}()
 	return s
+}
+
+// Close stops listening and returns once the port is free again: the
+// socket is closed only when the goroutine blocked in Accept has let go of
+// it, which on a busy machine can be after the next test binds port 21.
+func (s *scriptServer) Close() {
+	s.ln.Close()
+	<-s.done
 }
 
 func (s *scriptServer) send(c *net.TCPConn, text string) {
@@ -168,7 +178,7 @@ func TestHostileServer(t *testing.T) {
 				}
 				return "200 ok\r\n"
 			})
-			defer s.ln.Close()
+			defer s.Close()
 			c := rawControl(t, l, srv, "220")
 			got := c.cmd(tc.cmd, tc.want)
 			c.cmd("SYST", "200") // the session goes on, replies in step
@@ -191,7 +201,7 @@ func TestHostileServer(t *testing.T) {
 			}
 			return "200 ok\r\n"
 		})
-		defer s.ln.Close()
+		defer s.Close()
 		for i := 1; i < len(pasv); i++ {
 			s.write = func(c *net.TCPConn, text string) {
 				if text != pasv {
