@@ -81,12 +81,14 @@ func FuzzReplyPairing(f *testing.F) {
 				finals = append(finals, line)
 			}
 		}
+		// The i-th final reply, if the server's, answers the i-th command.
+		got := h.server.received()
 		last := 0
-		for _, r := range finals {
+		for i, r := range finals {
 			if m := pairingTag.FindStringSubmatch(r); m != nil {
 				n, _ := strconv.Atoi(m[1])
-				if n <= last {
-					t.Fatalf("commands %q: the server's reply %d came after its reply %d: %q", cmds, n, last, finals)
+				if n <= last || n > len(got) || got[n-1] != cmds[i] {
+					t.Fatalf("commands %q: final reply %d is %q, the server's answer to %q (its command %d of %q)", cmds, i, r, got[min(n, len(got))-1], n, got)
 				}
 				last = n
 			}
