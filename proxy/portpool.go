@@ -49,8 +49,8 @@ type portPool struct {
 	r         PortRange
 	perClient int
 	mu        sync.Mutex
-	used      map[netip.AddrPort]netip.Addr // port → the client it is held for
-	held      map[netip.Addr]int            // ports held per client address
+	used      map[netip.AddrPort]netip.Addr // port → the client (clientKey) it is held for
+	held      map[netip.Addr]int            // ports held per clientKey
 	next      map[netip.Addr]uint16
 }
 
@@ -59,8 +59,10 @@ func newPortPool(r PortRange, perClient int) *portPool {
 		held: map[netip.Addr]int{}, next: map[netip.Addr]uint16{}}
 }
 
-// get takes a free port on local address a for client.
+// get takes a free port on local address a for client (counted by its
+// clientKey).
 func (p *portPool) get(a, client netip.Addr) (uint16, error) {
+	client = clientKey(client)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.perClient > 0 && p.held[client] >= p.perClient {

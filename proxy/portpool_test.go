@@ -95,3 +95,36 @@ func TestPortPoolPerClient(t *testing.T) {
 		t.Fatalf("a double put raised the share: %v", err)
 	}
 }
+
+func TestClientKey(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"10.77.9.1", "10.77.9.1"},
+		{"::ffff:10.77.9.1", "10.77.9.1"},
+		{"fd77:9::1", "fd77:9::"},
+		{"fd77:9::dead:beef:1:2", "fd77:9::"},
+		{"fd77:9:0:1::1", "fd77:9:0:1::"},
+		{"fe80::1%eth0", "fe80::"},
+	} {
+		if got := clientKey(netip.MustParseAddr(tc.in)); got != netip.MustParseAddr(tc.want) {
+			t.Errorf("clientKey(%s) = %s, want %s", tc.in, got, tc.want)
+		}
+	}
+}
+
+// An IPv6 client picking a new address in its /64 for every opening still
+// holds one share.
+func TestPortPoolPerClientIPv6Prefix(t *testing.T) {
+	gw := netip.MustParseAddr("fd77:1::1")
+	p := newPortPool(PortRange{50000, 50009}, 2)
+	for _, c := range []string{"fd77:9::1", "fd77:9::2"} {
+		if _, err := p.get(gw, netip.MustParseAddr(c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.get(gw, netip.MustParseAddr("fd77:9::3")); !errors.Is(err, ErrClientPorts) {
+		t.Fatalf("a third address of the same /64: %v, want ErrClientPorts", err)
+	}
+	if _, err := p.get(gw, netip.MustParseAddr("fd77:9:0:1::1")); err != nil {
+		t.Fatalf("another /64 is refused: %v", err)
+	}
+}

@@ -230,12 +230,25 @@ func (s *Server) Serve(ln net.Listener) error {
 			sess.run()
 			s.mu.Lock()
 			delete(s.sessions, sess)
-			if s.byClient[sess.clientAddr]--; s.byClient[sess.clientAddr] <= 0 {
-				delete(s.byClient, sess.clientAddr)
+			key := clientKey(sess.clientAddr)
+			if s.byClient[key]--; s.byClient[key] <= 0 {
+				delete(s.byClient, key)
 			}
 			s.mu.Unlock()
 		}()
 	}
+}
+
+// clientKey is what the per-client limits count by: the address, or for
+// IPv6 its /64 — one subscriber's link gets a whole /64 and can pick a new
+// address in it for every connection.
+func clientKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.WithZone("").Prefix(64)
+		return p.Addr()
+	}
+	return a
 }
 
 // newSession admits c within the limits, or turns it away with a 421.
@@ -249,7 +262,7 @@ func (s *Server) newSession(c net.Conn, self netip.AddrPort) *session {
 		reason = ReasonShutdown
 	case len(s.sessions) >= cfg.MaxSessions:
 		reason = ReasonMaxSessions
-	case s.byClient[client] >= cfg.MaxSessionsPerClient:
+	case s.byClient[clientKey(client)] >= cfg.MaxSessionsPerClient:
 		reason = ReasonMaxPerClient
 	}
 	if reason != "" {
@@ -264,7 +277,7 @@ func (s *Server) newSession(c net.Conn, self netip.AddrPort) *session {
 	s.nextID++
 	sess := newSession(s, cfg, s.nextID, c, self)
 	s.sessions[sess] = struct{}{}
-	s.byClient[client]++
+	s.byClient[clientKey(client)]++
 	s.wg.Add(1)
 	s.mu.Unlock()
 	return sess
