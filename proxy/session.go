@@ -889,7 +889,7 @@ func (s *session) finishReply(code int, line string) bool {
 	defer s.mu.Unlock()
 	s.popLocked()
 	s.told421 = s.told421 || code == 421
-	if code >= 200 && code < 300 {
+	if code >= 200 && code < 300 && out == line { // what the client was told
 		switch head.verb {
 		case "EPSV ALL": // RFC 2428: from now on only EPSV
 			s.epsvAll = true
@@ -993,14 +993,17 @@ func wireLine(line string) []byte {
 
 // redact hides the password of a PASS line from the log, however the line
 // is malformed: leading blanks or control characters, any separator after
-// the verb (a tab, none at all), any case. Nothing else starts with "PASS".
+// the verb (a tab, none at all), any case — and a PASS after a control or
+// non-ASCII byte inside the line (NOOP\rPASS x), where a server that splits
+// lines differently could see a new command begin.
 func redact(line string) string {
-	i := 0
-	for i < len(line) && line[i] <= ' ' {
-		i++
-	}
-	if len(line)-i >= 4 && strings.EqualFold(line[i:i+4], "PASS") {
-		return "PASS ****"
+	start := true // a verb could begin here
+	for i := 0; i+4 <= len(line); i++ {
+		if start && strings.EqualFold(line[i:i+4], "PASS") {
+			return line[:i] + "PASS ****"
+		}
+		b := line[i]
+		start = b < ' ' || b >= 0x7f || (b == ' ' && start)
 	}
 	return line
 }

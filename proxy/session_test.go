@@ -404,6 +404,19 @@ func TestSessionEPSVAllOnAcceptance(t *testing.T) {
 	h.send("PASV")
 	h.expect("227 ")
 
+	// A 229 to EPSV ALL reaches the client as a refusal: nothing binds.
+	as229 := func(cmd string) string {
+		if cmd == "EPSV ALL" {
+			return "229 Entering Extended Passive Mode (|||50001|)\r\n"
+		}
+		return defaultRespond(cmd)
+	}
+	h = newHarness(t, "", as229)
+	h.send("EPSV ALL")
+	h.expect("451 ")
+	h.send("PASV")
+	h.expect("227 ")
+
 	rein := func(cmd string) string {
 		if cmd == "REIN" {
 			return "220 Service ready for new user.\r\n"
@@ -643,5 +656,28 @@ func TestSessionRefusedPORTClosesOpening(t *testing.T) {
 				t.Fatal("the refused EPRT still holds its port")
 			}
 		})
+	}
+}
+
+func TestRedact(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"PASS s3cret", "PASS ****"},
+		{"pass s3cret", "PASS ****"},
+		{"PASS\ts3cret", "PASS ****"},
+		{"  PASS s3cret", "  PASS ****"},
+		{"\x00PASS s3cret", "\x00PASS ****"},
+		{"NOOP\rPASS s3cret", "NOOP\rPASS ****"},
+		{"USER bob\x00pass s3cret", "USER bob\x00PASS ****"},
+		{"\xef\xbb\xbfPASS s3cret", "\xef\xbb\xbfPASS ****"},
+		{"\xffPASS s3cret", "\xffPASS ****"},
+		{"\x7fPASS s3cret", "\x7fPASS ****"},
+		{"RETR passport.pdf", "RETR passport.pdf"},
+		{"USER pass", "USER pass"},
+		{"NOOP", "NOOP"},
+		{"PAS", "PAS"},
+	} {
+		if got := redact(tc.in); got != tc.want {
+			t.Errorf("redact(%q) = %q, want %q", tc.in, got, tc.want)
+		}
 	}
 }
