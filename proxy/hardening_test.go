@@ -213,15 +213,17 @@ func TestServerShutdownGrace(t *testing.T) {
 	h := newHarness(t, "", nil)
 	srv := h.srv
 	done := make(chan struct{})
+	grace, endGrace := context.WithCancel(context.Background())
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-		defer cancel()
-		srv.Shutdown(ctx)
+		srv.Shutdown(grace)
 		close(done)
 	}()
-	time.Sleep(50 * time.Millisecond)
+	if !eventually(func() bool { srv.mu.Lock(); defer srv.mu.Unlock(); return srv.closed }) {
+		t.Fatal("Shutdown did not start")
+	}
 	h.send("NOOP") // an open session goes on during the grace period
 	h.expect("200 ")
+	endGrace()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
