@@ -469,6 +469,9 @@ func TestOperatorCommands(t *testing.T) {
 	defer cancel()
 	if out, err := l.Gateway.Cmd(ctx, bin, "check").CombinedOutput(); err != nil {
 		t.Errorf("check with the ct-mark line: %v\n%s", err, out)
+	} else if !strings.Contains(string(out), "held by the running ftpgate") || strings.Contains(string(out), "was killed") {
+		// The running daemon's rule and route are its own, not a dead run's.
+		t.Errorf("check on a running gateway, policy routing:\n%s", out)
 	}
 	l.HostFirewall(t, false)
 	out2, err := l.Gateway.Cmd(ctx, bin, "check").CombinedOutput()

@@ -23,11 +23,15 @@ import (
 // Finding is one result of Check.
 type Finding struct {
 	OK   bool
+	Warn bool // OK, but something check cannot see needs the operator's eye
 	What string
 	Fix  string // what to do when !OK
 }
 
 func (f Finding) String() string {
+	if f.OK && f.Warn {
+		return "warn: " + f.What
+	}
 	if f.OK {
 		return "ok: " + f.What
 	}
@@ -431,8 +435,10 @@ func checkLegacyTables(cfg Config) []Finding {
 			continue
 		}
 		slices.Sort(names)
-		out = append(out, Finding{OK: true, What: fmt.Sprintf(
-			"legacy %[1]s tables are loaded (%[2]s) and check cannot read their rules: if their INPUT or FORWARD chain drops (policy DROP, DROP or REJECT rules), accept ftpgate's connections before the drops: %[1]s -I FORWARD -m connmark --mark %#[3]x/%#[4]x -j ACCEPT and %[1]s -I INPUT -m connmark --mark %#[3]x/%#[4]x -j ACCEPT",
+		// Named -legacy: on hosts whose iptables is the nft variant, plain
+		// iptables would add the line where these tables never look.
+		out = append(out, Finding{OK: true, Warn: true, What: fmt.Sprintf(
+			"legacy %[1]s tables are loaded (%[2]s) and check cannot read their rules: if their INPUT or FORWARD chain drops (policy DROP, DROP or REJECT rules), accept ftpgate's connections before the drops: %[1]s-legacy -I FORWARD -m connmark --mark %#[3]x/%#[4]x -j ACCEPT and %[1]s-legacy -I INPUT -m connmark --mark %#[3]x/%#[4]x -j ACCEPT",
 			l.tool, strings.Join(names, ", "), cfg.CTMark, cfg.CTMask)})
 	}
 	return out

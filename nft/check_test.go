@@ -187,8 +187,13 @@ func TestCheckLegacyIptables(t *testing.T) {
 		t.Error("check says there is nothing to add although legacy iptables tables are loaded")
 	}
 	if !hasFinding(out, true, "legacy iptables tables are loaded (filter, nat) and check cannot read their rules") ||
-		!hasFinding(out, true, "iptables -I FORWARD -m connmark --mark 0x4000/0xc000 -j ACCEPT and iptables -I INPUT -m connmark --mark 0x4000/0xc000 -j ACCEPT") {
+		!hasFinding(out, true, "iptables-legacy -I FORWARD -m connmark --mark 0x4000/0xc000 -j ACCEPT and iptables-legacy -I INPUT -m connmark --mark 0x4000/0xc000 -j ACCEPT") {
 		t.Error("no finding telling what to add to the legacy iptables chains")
+	}
+	for _, f := range out {
+		if strings.Contains(f.What, "legacy") && !f.Warn {
+			t.Errorf("%q is not a warning", f.What)
+		}
 	}
 	if hasFinding(out, true, "ip6tables") {
 		t.Error("a finding about ip6tables, whose list of tables is empty")

@@ -190,6 +190,31 @@ func InspectPolicyRouting(cfg Config) (conflicts, leftovers []string, err error)
 	return conflicts, leftovers, nil
 }
 
+// Running reports whether an ftpgate with cfg's table runs in this network
+// namespace: its owner-flagged table exists (the kernel removes such a table
+// with its process).
+func Running(cfg Config) (bool, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return false, err
+	}
+	c, err := nftables.New()
+	if err != nil {
+		return false, wrap("nftables", "open netlink socket", err)
+	}
+	defer c.CloseLasting()
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, wrap("nftables", "list tables", err)
+	}
+	for _, t := range tables {
+		if t.Name == cfg.Table && t.Flags&nftables.TableFlagOwner != 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // ownedByLive says, if the tagged rules and routes found for cfg (rules,
 // routes) may belong to another transparent ftpgate running in the
 // namespace, whose; "" if they can only be left by a killed one. Its owner

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/ftpgate/ftpgate/nft"
 )
@@ -22,6 +23,10 @@ func checkCmd(args []string, w io.Writer) (ok bool, err error) {
 	}
 	ok = true
 	for _, f := range nft.Check(cfg) {
+		if f.OK && f.Warn {
+			fmt.Fprintf(w, "warn %s\n", f.What)
+			continue
+		}
 		ok = report(w, f.OK, f.What, f.Fix) && ok
 	}
 	if cfg.Intercept {
@@ -53,6 +58,14 @@ func checkRouting(w io.Writer, cfg nft.Config) bool {
 	ok := true
 	for _, c := range conflicts {
 		ok = report(w, false, c, nft.RoutingConflictFix(cfg))
+	}
+	if len(leftovers) > 0 {
+		// Checked on a running gateway, they are its own: deleting them
+		// would black-hole every intercepted connection.
+		if running, err := nft.Running(cfg); err == nil && running {
+			report(w, true, "policy routing in place, held by the running ftpgate: "+strings.Join(leftovers, "; "), "")
+			return ok
+		}
 	}
 	for _, l := range leftovers {
 		fmt.Fprintf(w, "warn %s: ftpgate's policy routing (tagged proto 70): left by an ftpgate that was killed (a running one's would be a conflict above); ftpgate replaces it at start and deletes it on exit\n", l)

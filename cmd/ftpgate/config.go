@@ -198,6 +198,9 @@ func applyConfigFile(fs *flag.FlagSet, path string, explicit map[string]bool) er
 			}
 		}
 		for _, v := range values {
+			if v == nil {
+				return fmt.Errorf("--config %s: %s has an empty item (~ or nothing after \"- \"): remove it", path, key)
+			}
 			if err := fs.Set(key, fmt.Sprint(v)); err != nil {
 				return fmt.Errorf("--config %s: %s: %v", path, key, err)
 			}
@@ -260,7 +263,7 @@ func (o *options) proxyConfig() (proxy.Config, error) {
 		// gateway's own addresses on its port, which ftpgate would then dial
 		// again through itself, session inside session.
 		for _, l := range o.listen.values {
-			if ap, err := netip.ParseAddrPort(l); err == nil && ap.Addr().IsUnspecified() {
+			if ap, err := netip.ParseAddrPort(l); err == nil && ap.Addr().Unmap().IsUnspecified() {
 				return cfg, fmt.Errorf("--listen %s: transparent mode diverts to one specific local address per family (default 127.0.0.1:2121 and [::1]:2121), not a wildcard", l)
 			}
 		}

@@ -256,6 +256,8 @@ func TestValidate(t *testing.T) {
 		{name: "reverse: upstream on this host's interface", args: []string{"--mode", "reverse", "--upstream", "10.0.0.1:21", "--listen", "203.0.113.5:21"}},
 		{name: "wildcard listener in transparent mode", args: []string{"--listen", "0.0.0.0:2121"}, wantErr: "not a wildcard"},
 		{name: "IPv6 wildcard listener in transparent mode", args: []string{"--listen", "[::]:2121"}, wantErr: "not a wildcard"},
+		{name: "mapped wildcard listener in transparent mode", args: []string{"--listen", "[::ffff:0.0.0.0]:2121"}, wantErr: "not a wildcard"},
+		{name: "empty item in a list in the file", file: "deny-commands: [STOR, ~]\n", wantErr: "deny-commands has an empty item"},
 		{name: "upstream in transparent mode", args: []string{"--upstream", "ftp.internal:21"}, wantErr: "--upstream \"ftp.internal:21\" is for --mode reverse"},
 		{name: "bad log level", args: []string{"--log-level", "loud"}, wantErr: "--log-level"},
 		// Refused by nft's own checks (nft.Config.Validate), every problem

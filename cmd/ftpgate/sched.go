@@ -217,6 +217,9 @@ func withSysmonPoll(env []string) []string {
 // returns nil, without executing, if sigs holds a stop signal (one caught
 // by this image would be lost with it).
 func execWithSysmonPoll(sigs <-chan os.Signal) error {
+	// From here a stop signal takes its default action (the process ends,
+	// as asked); one caught before is in sigs.
+	signal.Reset(syscall.SIGINT, syscall.SIGTERM)
 	for len(sigs) > 0 {
 		if sig := <-sigs; sig != syscall.SIGHUP {
 			return nil
