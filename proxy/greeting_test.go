@@ -2,9 +2,13 @@ package proxy
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -208,5 +212,38 @@ func TestDialCutShortByShutdown(t *testing.T) {
 	srv.Close() // waits for the session's end
 	if n := obs.upstreamErrors.Load(); n != 0 || !strings.Contains(logs.String(), "result=shutdown") {
 		t.Fatalf("%d upstream_error refusals, log:\n%s\nwant none and result=shutdown", n, logs)
+	}
+}
+
+// A reverse-mode upstream whose name resolves to loopback only cannot carry
+// data connections from outside: refused with a reason, for remote clients.
+func TestDialReverseLoopbackUpstream(t *testing.T) {
+	for _, tc := range []struct {
+		client string
+		ok     bool
+	}{
+		{"10.77.1.2", false},
+		{"127.0.0.1", true}, // a local client: DNAT to loopback works
+	} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		cfg := &Config{Mode: Reverse, Upstream: "localhost:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port), DialTimeout: time.Second}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		s := &session{cfg: cfg, ctx: ctx, clientAddr: netip.MustParseAddr(tc.client)}
+		c, err := dialReverse(s)
+		if c != nil {
+			c.Close()
+		}
+		var de *dialError
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("client %s: %v", tc.client, err)
+		case !tc.ok && (!errors.As(err, &de) || !strings.Contains(de.msg, "loopback")):
+			t.Errorf("client %s: dialReverse = %v, want a refusal naming loopback", tc.client, err)
+		}
 	}
 }

@@ -376,6 +376,17 @@ func dialReverse(s *session) (net.Conn, error) {
 		return nil, &dialError{ReasonUpstream, "cannot resolve upstream", []any{"upstream", s.cfg.Upstream, "err", err},
 			fmt.Sprintf("cannot resolve the FTP server %s", host)}
 	}
+	if !s.clientAddr.IsLoopback() {
+		// The kernel does not DNAT connections from outside to 127.0.0.0/8
+		// or ::1: data connections to such a server cannot work (--dry-run
+		// refuses a loopback literal; a name can still resolve to one, as
+		// Debian's 127.0.1.1 line for the host's own name does).
+		addrs = slices.DeleteFunc(addrs, func(a netip.Addr) bool { return a.Unmap().IsLoopback() })
+		if len(addrs) == 0 {
+			return nil, &dialError{ReasonUpstream, "upstream resolves to loopback only: use an address of one of the gateway's interfaces (data connections from outside cannot be DNAT'ed to 127.0.0.0/8 or ::1)",
+				[]any{"upstream", s.cfg.Upstream}, fmt.Sprintf("the FTP server %s is not reachable through ftpgate", host)}
+		}
+	}
 	sameFamily := func(a netip.Addr) bool { return a.Unmap().Is4() == s.clientAddr.Is4() }
 	slices.SortStableFunc(addrs, func(a, b netip.Addr) int {
 		switch {
