@@ -94,7 +94,7 @@ func FuzzReplyPairing(f *testing.F) {
 			}
 		}
 		// Nothing more: one final reply per command.
-		h.client.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		h.client.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 		if extra, err := h.r.ReadString('\n'); err == nil {
 			t.Fatalf("commands %q: a reply more than commands sent: %q after %q", cmds, extra, finals)
 		}
