@@ -499,20 +499,31 @@ func (s *session) authPassthrough(verb, line string, r *LineReader) bool {
 func (s *session) awaitAuthReply() (accepted, answered bool) {
 	timer := time.NewTimer(s.cfg.IdleTimeout)
 	defer timer.Stop()
-	select {
-	case accepted = <-s.authDone:
-		return accepted, true
-	case <-s.ctx.Done():
-		return false, false
-	case <-timer.C:
+	for {
+		select {
+		case accepted = <-s.authDone:
+			return accepted, true
+		case <-s.ctx.Done():
+			return false, false
+		case <-timer.C:
+		}
+		s.mu.Lock()
+		select {
+		case accepted = <-s.authDone: // just in time: finishReply sends under mu
+			s.mu.Unlock()
+			return accepted, true
+		default:
+		}
+		if len(s.pending) > 0 && s.pending[0].verb != "AUTH" {
+			// The server is still answering commands sent before AUTH:
+			// its time to answer AUTH has not begun.
+			s.mu.Unlock()
+			timer.Reset(s.cfg.IdleTimeout)
+			continue
+		}
+		break
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	select {
-	case accepted = <-s.authDone: // just in time: finishReply sends under mu
-		return accepted, true
-	default:
-	}
 	s.endReason = "auth_timeout"
 	s.refused(ReasonTLS, "the FTP server did not answer AUTH", "timeout", s.cfg.IdleTimeout)
 	s.writeClientLocked("421 ftpgate: the FTP server did not answer AUTH, closing the control connection")

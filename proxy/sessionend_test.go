@@ -73,6 +73,26 @@ func TestSessionServerSilentOnAUTH(t *testing.T) {
 	}
 }
 
+// AUTH pipelined behind a slow command: the wait for AUTH's reply starts
+// when the server has answered what came before it.
+func TestSessionAUTHBehindSlowCommand(t *testing.T) {
+	h := newHarnessConfig(t, Config{TLS: TLSPassthrough, IdleTimeout: 250 * time.Millisecond}, "", func(cmd string) string {
+		switch cmd {
+		case "STAT":
+			time.Sleep(800 * time.Millisecond) // longer than the idle timeout
+			return "211 status\r\n"
+		case "AUTH TLS":
+			return "534 not here\r\n"
+		}
+		return defaultRespond(cmd)
+	})
+	h.send("STAT", "AUTH TLS")
+	h.expect("211 ")
+	h.expect("534 ")
+	h.send("NOOP")
+	h.expect("200 ")
+}
+
 // A client pipelining commands while the server does not answer is cut off
 // at maxPipelined commands awaiting replies, not queued without bound.
 // Over-long lines count too: each queues a 500.
