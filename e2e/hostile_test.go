@@ -6,12 +6,14 @@ package e2e
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -51,11 +53,21 @@ type scriptServer struct {
 func startScriptServer(t *testing.T, l *Lab, greet string, answer func(string) string) *scriptServer {
 	t.Helper()
 	s := &scriptServer{greet: greet, answer: answer, done: make(chan struct{})}
-	err := l.Server.Do(func() error {
-		var err error
-		s.ln, err = net.Listen("tcp", ":21")
-		return err
-	})
+	// The previous subtest's listener is closed, but on a busy machine the
+	// kernel can refuse the port for a moment longer (seen on 2-core CI runs,
+	// not reproduced alone): retry briefly.
+	var err error
+	for try := 0; try < 50; try++ {
+		err = l.Server.Do(func() error {
+			var err error
+			s.ln, err = net.Listen("tcp", ":21")
+			return err
+		})
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("script server: %v", err)
 	}
@@ -73,9 +85,7 @@ func startScriptServer(t *testing.T, l *Lab, greet string, answer func(string) s
 	return s
 }
 
-// Close stops listening and returns once the port is free again: the
-// socket is closed only when the goroutine blocked in Accept has let go of
-// it, which on a busy machine can be after the next test binds port 21.
+// Close stops listening and waits for the accept loop to end.
 func (s *scriptServer) Close() {
 	s.ln.Close()
 	<-s.done
