@@ -355,43 +355,19 @@ type objects struct {
 func newObjects(cfg Config, tableName string, flags nftables.TableFlags) *objects {
 	t := &nftables.Table{Name: tableName, Family: nftables.TableFamilyINet, Flags: flags}
 	policy := nftables.ChainPolicyAccept
+	chain := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+		return &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: prio, Policy: &policy}
+	}
+	filter, nat := nftables.ChainTypeFilter, nftables.ChainTypeNAT
 	o := &objects{
-		table: t,
-		rawPre: &nftables.Chain{
-			Name: chainRawPre, Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw,
-			Policy: &policy,
-		},
-		rawOut: &nftables.Chain{
-			Name: chainRawOut, Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw,
-			Policy: &policy,
-		},
-		chain: &nftables.Chain{
-			Name: chainPrerouting, Table: t, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle,
-			Policy: &policy,
-		},
-		natPre: &nftables.Chain{
-			Name: chainNATPre, Table: t, Type: nftables.ChainTypeNAT,
-			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest,
-			Policy: &policy,
-		},
-		natPost: &nftables.Chain{
-			Name: chainNATPost, Table: t, Type: nftables.ChainTypeNAT,
-			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
-			Policy: &policy,
-		},
-		natOut: &nftables.Chain{
-			Name: chainNATOut, Table: t, Type: nftables.ChainTypeNAT,
-			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityNATDest,
-			Policy: &policy,
-		},
-		natIn: &nftables.Chain{
-			Name: chainNATIn, Table: t, Type: nftables.ChainTypeNAT,
-			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityNATSource,
-			Policy: &policy,
-		},
+		table:   t,
+		rawPre:  chain(chainRawPre, filter, nftables.ChainHookPrerouting, nftables.ChainPriorityRaw),
+		rawOut:  chain(chainRawOut, filter, nftables.ChainHookOutput, nftables.ChainPriorityRaw),
+		chain:   chain(chainPrerouting, filter, nftables.ChainHookPrerouting, nftables.ChainPriorityMangle),
+		natPre:  chain(chainNATPre, nat, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest),
+		natPost: chain(chainNATPost, nat, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource),
+		natOut:  chain(chainNATOut, nat, nftables.ChainHookOutput, nftables.ChainPriorityNATDest),
+		natIn:   chain(chainNATIn, nat, nftables.ChainHookInput, nftables.ChainPriorityNATSource),
 		ports:   &nftables.Set{Table: t, Name: setInterceptPort, KeyType: nftables.TypeInetService},
 		pins:    map[*family]*nftables.Set{},
 		natPins: map[*family]*nftables.Set{},
