@@ -68,6 +68,37 @@ func acceptor(t *testing.T, ns *testNS, addr string) <-chan net.Conn {
 	return echoAcceptor(t, ns, addr, net.ListenConfig{})
 }
 
+// connectThrough dials gwAddr from "from" in ns and returns the connection
+// and the target's end of it (from accepted).
+func connectThrough(t *testing.T, ns *testNS, from netip.Addr, gwAddr netip.AddrPort, accepted <-chan net.Conn) (conn, peer net.Conn) {
+	t.Helper()
+	conn, err := dialFrom(t, ns, from, gwAddr)
+	if err != nil {
+		t.Fatalf("connection through the NAT pinhole: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	select {
+	case peer = <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the target did not accept the DNAT'ed connection")
+	}
+	return conn, peer
+}
+
+// expectOneShot checks that a used NAT pinhole admits no second connection.
+func expectOneShot(t *testing.T, ns *testNS, from netip.Addr, gwAddr netip.AddrPort, accepted <-chan net.Conn) {
+	t.Helper()
+	if c2, err := dialFrom(t, ns, from, gwAddr); err == nil {
+		c2.Close()
+		t.Error("a second connection through a used NAT pinhole succeeded")
+	}
+	select {
+	case c := <-accepted:
+		t.Errorf("the target accepted a second connection from %v", c.RemoteAddr())
+	default:
+	}
+}
+
 // echoAcceptor is acceptor with a listen configuration (e.g. IP_TRANSPARENT).
 func echoAcceptor(t *testing.T, ns *testNS, addr string, lc net.ListenConfig) <-chan net.Conn {
 	t.Helper()
@@ -278,17 +309,7 @@ func TestNATPinholeTraffic(t *testing.T) {
 				t.Fatalf("pinhole ended by a connection from another address (active %d)", fw.Active())
 			}
 
-			conn, err := dialFrom(t, dialNS, from, gwAddr)
-			if err != nil {
-				t.Fatalf("connection through the NAT pinhole: %v", err)
-			}
-			defer conn.Close()
-			var peer net.Conn
-			select {
-			case peer = <-accepted:
-			case <-time.After(5 * time.Second):
-				t.Fatal("the target did not accept the DNAT'ed connection")
-			}
+			conn, peer := connectThrough(t, dialNS, from, gwAddr, accepted)
 			wantPeer := from
 			if c.snat != "" {
 				wantPeer = netip.MustParseAddr(c.snat)
@@ -314,16 +335,7 @@ func TestNATPinholeTraffic(t *testing.T) {
 				t.Errorf("Close after use: %v", err)
 			}
 
-			// One shot.
-			if c2, err := dialFrom(t, dialNS, from, gwAddr); err == nil {
-				c2.Close()
-				t.Fatal("a second connection through a used NAT pinhole succeeded")
-			}
-			select {
-			case c := <-accepted:
-				t.Fatalf("the target accepted a second connection from %v", c.RemoteAddr())
-			default:
-			}
+			expectOneShot(t, dialNS, from, gwAddr, accepted)
 			if n := rec.count(); n != 1 {
 				t.Errorf("OnPinholeEnd called %d times, want 1", n)
 			}
@@ -771,17 +783,7 @@ func TestNATPinholeLocalServer(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Open(%v): %v", f, err)
 			}
-			conn, err := dialFrom(t, dialNS, from, gwAddr)
-			if err != nil {
-				t.Fatalf("connection through the NAT pinhole: %v", err)
-			}
-			defer conn.Close()
-			var peer net.Conn
-			select {
-			case peer = <-accepted:
-			case <-time.After(5 * time.Second):
-				t.Fatal("the target did not accept the DNAT'ed connection")
-			}
+			conn, peer := connectThrough(t, dialNS, from, gwAddr, accepted)
 			if got, want := addrPortOf(peer.RemoteAddr()).Addr(), f.SNAT; got != want {
 				t.Errorf("the target sees the connection from %s, want the SNAT address %s", got, want)
 			}
@@ -799,16 +801,7 @@ func TestNATPinholeLocalServer(t *testing.T) {
 			}
 			waitNoElements(t, gw, f, 5*time.Second)
 
-			// One shot.
-			if c2, err := dialFrom(t, dialNS, from, gwAddr); err == nil {
-				c2.Close()
-				t.Error("a second connection through a used NAT pinhole succeeded")
-			}
-			select {
-			case c := <-accepted:
-				t.Errorf("the target accepted a second connection from %v", c.RemoteAddr())
-			default:
-			}
+			expectOneShot(t, dialNS, from, gwAddr, accepted)
 
 			// A local connection without a pinhole is neither translated
 			// nor marked: it reaches the local listener from its own

@@ -44,14 +44,7 @@ func TestRacedConnectionCut(t *testing.T) {
 		}
 		return c
 	}
-	exists := func(c conntrack.Flow) bool {
-		t.Helper()
-		_, err := ctc.Get(c)
-		if err != nil && !errors.Is(err, unix.ENOENT) {
-			t.Fatal(err)
-		}
-		return err == nil
-	}
+	exists := func(c conntrack.Flow) bool { return ctExists(t, ctc, c) }
 	open := func() {
 		t.Helper()
 		if _, err := fw.Open(context.Background(), f, time.Minute); err != nil {
@@ -122,14 +115,7 @@ func TestRacedConnectionCutInZone(t *testing.T) {
 		}
 		return c
 	}
-	exists := func(c conntrack.Flow) bool {
-		t.Helper()
-		_, err := ctc.Get(c)
-		if err != nil && !errors.Is(err, unix.ENOENT) {
-			t.Fatal(err)
-		}
-		return err == nil
-	}
+	exists := func(c conntrack.Flow) bool { return ctExists(t, ctc, c) }
 	first := conn(40001, 5)
 	// Same tuple as the second, in zone 0: not the raced entry, stays.
 	decoy := conntrack.NewFlow(unix.IPPROTO_TCP, conntrack.StatusConfirmed, src, dst, 40002, 5000, 60, 0)
@@ -237,4 +223,14 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// ctExists reports whether conntrack has the entry c (of its zone).
+func ctExists(t *testing.T, ctc *conntrack.Conn, c conntrack.Flow) bool {
+	t.Helper()
+	_, err := ctc.Get(c)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		t.Fatal(err)
+	}
+	return err == nil
 }
