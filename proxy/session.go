@@ -361,7 +361,7 @@ func (s *session) relayCommands() {
 		}
 		verb, arg := ParseCommand(line)
 		s.cfg.Observer.Command(verb)
-		s.log.Debug("command", "line", redact(line))
+		s.log.Debug("command", "line", redactedLine(line))
 		if HasControl(line) {
 			s.refused(ReasonControlChars, "control character in command", "line", truncate(redact(line)))
 			s.reply("500 ftpgate: control characters in command refused")
@@ -1018,6 +1018,12 @@ func redact(line string) string {
 	}
 	return line
 }
+
+// redactedLine is a line for the debug log, redacted only when the log
+// writes it: not for every relayed line at the default level.
+type redactedLine string
+
+func (l redactedLine) LogValue() slog.Value { return slog.StringValue(redact(string(l))) }
 
 // truncate keeps hostile lines from flooding the log.
 func truncate(s string) string {
