@@ -439,8 +439,10 @@ func (s *session) relayCommands() {
 // when too many commands await their replies: every line counts, an
 // over-long one too (its 500 waits in pending like any reply).
 func (s *session) admit() bool {
-	s.mu.Lock()
-	if len(s.pending) >= maxPipelined {
+	// No lock per line: only this goroutine queues, so the count read here
+	// can only be higher than the real one, never lower.
+	if s.pendingLen.Load() >= maxPipelined {
+		s.mu.Lock()
 		s.endReason = "pipeline_overflow"
 		s.writeClientLocked("421 ftpgate: too many commands awaiting replies, closing the control connection")
 		s.mu.Unlock()
@@ -448,7 +450,6 @@ func (s *session) admit() bool {
 		return false
 	}
 	s.commands.Add(1)
-	s.mu.Unlock()
 	return true
 }
 
