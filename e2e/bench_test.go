@@ -12,6 +12,9 @@ package e2e
 //	transparent  the default-drop host ruleset (with the ct-mark line) + ftpgate run
 //	reverse      the reverse-mode host ruleset + ftpgate run --mode reverse; clients
 //	             connect to the gateway's client-side address
+//	relay        routing only + a plain Go relay of the control connection on the
+//	             gateway (relay_test.go): the floor of a userspace relay's CPU,
+//	             the reference for ftpgate's; no targets
 //
 // Each visit: a warm-up, then N sessions (login, PASV/EPSV/PORT/EPRT round
 // robin, RETR of a 4 KiB file, QUIT; IPv4) at each concurrency level, then
@@ -50,21 +53,27 @@ import (
 	"time"
 )
 
-// Setup names, in the order of the issue: (a) .. (d).
+// Setup names, in the order of the issue: (a) .. (d), then the reference (e).
 const (
 	setupRouted      = "routed"
 	setupHelper      = "helper"
 	setupTransparent = "transparent"
 	setupReverse     = "reverse"
+	setupRelay       = "relay"
 )
 
-var allSetups = []string{setupRouted, setupHelper, setupTransparent, setupReverse}
+var allSetups = []string{setupRouted, setupHelper, setupTransparent, setupReverse, setupRelay}
+
+// daemonSetups are the setups with a process on the gateway whose CPU is
+// measured: ftpgate's two modes and the plain relay.
+var daemonSetups = []string{setupTransparent, setupReverse, setupRelay}
 
 var setupTitle = map[string]string{
 	setupRouted:      "(a) routed, no firewall",
 	setupHelper:      "(b) kernel ct helper ftp",
 	setupTransparent: "(c) ftpgate transparent",
 	setupReverse:     "(d) ftpgate reverse",
+	setupRelay:       "(e) plain Go relay",
 }
 
 // Targets of the issue.
@@ -313,7 +322,60 @@ func TestBenchCompare(t *testing.T) {
 	}
 	requireLabEnv(t)
 	requireFtpgate(t)
+	b := runBench(t, loadBenchConfig())
+	fmt.Print("\n" + b.rep.Table)
+	b.writeJSON()
+}
+
+// TestBenchSmoke runs the comparison in miniature, so that `make test` keeps
+// `make bench` working: every setup builds, every data mode completes through
+// it, each daemon's CPU is read, and the report renders. It asserts no figure.
+func TestBenchSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the benchmark's labs: not in -short")
+	}
+	requireLabEnv(t)
+	requireFtpgate(t)
 	cfg := loadBenchConfig()
+	cfg.Rounds, cfg.Sessions, cfg.Concurrency = 1, 8, []int{1, 4}
+	cfg.BigMiB, cfg.IdleSessions, cfg.ChurnTime = 16, 100, "0"
+	cfg.BigReps, cfg.Setups = 1, allSetups
+	b := runBench(t, cfg)
+	t.Log("\n" + b.rep.Table)
+	if len(b.rep.Skipped) > 0 {
+		t.Errorf("setups skipped: %v", b.rep.Skipped)
+	}
+	for _, c := range b.rep.Cells {
+		if c.Failed > 0 || c.Sessions != cfg.Sessions {
+			t.Errorf("%s c=%d: %d sessions, %d failed (first: %s)", c.Setup, c.Concurrency, c.Sessions, c.Failed, c.FirstError)
+		}
+	}
+	for _, r := range b.rep.Big {
+		if r.Error != "" {
+			t.Errorf("%s: big RETR: %s", r.Setup, r.Error)
+		}
+	}
+	var daemons []string
+	for _, r := range b.rep.Daemon {
+		if r.Concurrency == 0 && r.CtxSwPerSess > 0 {
+			daemons = append(daemons, r.Setup)
+		}
+	}
+	if !slices.Equal(daemons, daemonSetups) {
+		t.Errorf("context switches read for %v, want %v", daemons, daemonSetups)
+	}
+	if i := b.rep.Idle; i == nil || i.Error != "" || i.Sessions != cfg.IdleSessions {
+		t.Errorf("idle sessions: %+v", i)
+	}
+	for _, s := range allSetups {
+		if !strings.Contains(b.rep.Table, setupTitle[s]) {
+			t.Errorf("table lacks %q", setupTitle[s])
+		}
+	}
+}
+
+// runBench builds the labs, measures every round and summarises.
+func runBench(t *testing.T, cfg BenchConfig) *benchRun {
 	b := &benchRun{t: t, cfg: cfg, rep: &BenchReport{Started: time.Now(), Config: cfg, Machine: machineInfo(),
 		Skipped: map[string]string{}, LoadStart: loadavg()}}
 	b.logf("machine: %s, %d CPUs, kernel %s, %s, getpid %.0f ns, load %s", b.rep.Machine.CPU, b.rep.Machine.NProc,
@@ -354,8 +416,7 @@ func TestBenchCompare(t *testing.T) {
 	b.summarise()
 	b.rep.Seconds = time.Since(b.rep.Started).Seconds()
 	b.rep.Table = b.table()
-	fmt.Print("\n" + b.rep.Table)
-	b.writeJSON()
+	return b
 }
 
 type benchRun struct {
@@ -373,6 +434,7 @@ type setupLab struct {
 	lab    *Lab
 	srv    *Vsftpd
 	gate   *Gate      // nil without ftpgate
+	relay  *Daemon    // the plain relay of setup (e)
 	target netip.Addr // where clients connect
 }
 
@@ -421,11 +483,18 @@ func (b *benchRun) newLabs() {
 				"--upstream", netip.AddrPortFrom(l.ServerIP4, 21).String(),
 				"--passive-ports", "50000-50999")
 			sl.target = l.GwClientIP4
+		case setupRelay:
+			l.Nft(t, "plainrelay.nft", plainRelayRuleset(l))
+			sl.target = l.GwClientIP4
 		}
 		sl.srv = l.StartVsftpd(t)
 		// Protocol logging is a debugging aid that costs vsftpd a write per
 		// line; transfers are still logged (xferlog).
-		RestartVsftpd(t, l, sl.srv, "log_ftp_protocol=NO")
+		vsftpdExtra := []string{"log_ftp_protocol=NO"}
+		if s == setupRelay {
+			vsftpdExtra = append(vsftpdExtra, plainRelayVsftpd...)
+		}
+		RestartVsftpd(t, l, sl.srv, vsftpdExtra...)
 		payload := make([]byte, b.cfg.FileBytes)
 		for i := range payload {
 			payload[i] = byte(i * 7)
@@ -463,6 +532,9 @@ func (b *benchRun) newLabs() {
 			sl.gate = l.StartFtpgate(t, ftpgateArgs...)
 			os.Unsetenv("GOMAXPROCS")
 		}
+		if s == setupRelay {
+			sl.relay = b.startPlainRelay(l)
+		}
 		b.labs[s] = sl
 		b.setups = append(b.setups, s)
 	}
@@ -474,6 +546,9 @@ func (b *benchRun) stopLabs() {
 	for _, sl := range b.labs {
 		if sl.gate != nil {
 			_ = sl.gate.Stop(10 * time.Second)
+		}
+		if sl.relay != nil {
+			_ = sl.relay.Stop(3 * time.Second)
 		}
 		_ = sl.srv.Daemon.Stop(3 * time.Second)
 	}
@@ -491,8 +566,11 @@ func (b *benchRun) visit(s string, round int) {
 	}
 
 	var pid int
-	if sl.gate != nil {
+	switch {
+	case sl.gate != nil:
 		pid = sl.gate.Cmd.Process.Pid
+	case sl.relay != nil:
+		pid = sl.relay.Cmd.Process.Pid
 	}
 	for _, c := range b.cfg.Concurrency {
 		// The metrics scrapes cost ftpgate CPU too: they stay outside the
@@ -500,8 +578,10 @@ func (b *benchRun) visit(s string, round int) {
 		var m0 string
 		var user0, sys0 float64
 		var cs0 int64
-		if pid != 0 {
+		if sl.gate != nil {
 			m0 = sl.gate.Metrics(b.t)
+		}
+		if pid != 0 {
 			user0, sys0 = procCPUTimes(pid)
 			cs0 = procContextSwitches(pid)
 		}
@@ -511,6 +591,8 @@ func (b *benchRun) visit(s string, round int) {
 			res.DaemonCPUSeconds = user1 + sys1 - user0 - sys0
 			res.DaemonUserSeconds = user1 - user0
 			res.DaemonCtxSwitch = procContextSwitches(pid) - cs0
+		}
+		if sl.gate != nil {
 			m1 := sl.gate.Metrics(b.t)
 			res.PinholeBuckets = subBuckets(parseBuckets(m1, pinholeHistogram), parseBuckets(m0, pinholeHistogram))
 			res.FirewallErrors = metricValue(m1, fwErrSeries) - metricValue(m0, fwErrSeries)
@@ -521,8 +603,11 @@ func (b *benchRun) visit(s string, round int) {
 		b.rep.Cells = append(b.rep.Cells, res)
 		msg := ""
 		if pid != 0 && res.Sessions > 0 {
-			p99, _ := bucketQuantile(res.PinholeBuckets, 0.99)
-			msg = fmt.Sprintf("  ftpgate %.0f µs CPU/session, pinhole p99 %.0f µs", 1e6*res.DaemonCPUSeconds/float64(res.Sessions), 1e6*p99)
+			msg = fmt.Sprintf("  %.0f µs CPU/session", 1e6*res.DaemonCPUSeconds/float64(res.Sessions))
+			if sl.gate != nil {
+				p99, _ := bucketQuantile(res.PinholeBuckets, 0.99)
+				msg += fmt.Sprintf(", pinhole p99 %.0f µs", 1e6*p99)
+			}
 		}
 		if res.Failed > 0 {
 			msg += fmt.Sprintf("  %d FAILED, first: %s", res.Failed, res.FirstError)
@@ -1239,7 +1324,7 @@ func (b *benchRun) summarise() {
 	}
 
 	rep.Daemon = nil
-	for _, s := range []string{setupTransparent, setupReverse} {
+	for _, s := range daemonSetups {
 		if !slices.Contains(b.setups, s) {
 			continue
 		}
@@ -1383,17 +1468,20 @@ func (b *benchRun) table() string {
 		}
 	}
 	if len(rep.Daemon) > 0 {
-		fmt.Fprintf(&w, "\n%-26s %5s %9s %12s %9s %10s %9s %12s %17s %8s\n", "ftpgate", "conc", "sessions", "CPU µs/sess", "of it user", "cswch/sess", "pinholes", "open p50 µs", "open p99 µs", "fw errs")
+		fmt.Fprintf(&w, "\n%-26s %5s %9s %12s %9s %10s %9s %12s %17s %8s\n", "daemon on the gateway", "conc", "sessions", "CPU µs/sess", "of it user", "cswch/sess", "pinholes", "open p50 µs", "open p99 µs", "fw errs")
 		for _, r := range rep.Daemon {
 			conc := "all"
 			if r.Concurrency != 0 {
 				conc = strconv.Itoa(r.Concurrency)
 			}
-			p99 := fmt.Sprintf("%.0f", r.PinholeP99us)
-			if r.PinholeP99Max > 0 {
-				p99 = fmt.Sprintf("%.0f (≤%.0f)", r.PinholeP99us, r.PinholeP99Max)
+			opens, p50, p99, errs := "-", "-", "-", "-" // the plain relay opens nothing
+			if r.Setup != setupRelay {
+				opens, p50, p99, errs = fmtNum(r.PinholeOpens), fmt.Sprintf("%.0f", r.PinholeP50us), fmt.Sprintf("%.0f", r.PinholeP99us), fmtNum(r.FirewallErrs)
+				if r.PinholeP99Max > 0 {
+					p99 = fmt.Sprintf("%.0f (≤%.0f)", r.PinholeP99us, r.PinholeP99Max)
+				}
 			}
-			fmt.Fprintf(&w, "%-26s %5s %9d %12.1f %9.1f %10.1f %9.0f %12.0f %17s %8.0f\n", setupTitle[r.Setup], conc, r.Sessions, r.CPUPerSessUs, r.UserPerSessUs, r.CtxSwPerSess, r.PinholeOpens, r.PinholeP50us, p99, r.FirewallErrs)
+			fmt.Fprintf(&w, "%-26s %5s %9d %12.1f %9.1f %10.1f %9s %12s %17s %8s\n", setupTitle[r.Setup], conc, r.Sessions, r.CPUPerSessUs, r.UserPerSessUs, r.CtxSwPerSess, opens, p50, p99, errs)
 		}
 	}
 	if i := rep.Idle; i != nil {
