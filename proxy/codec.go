@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 )
@@ -129,6 +130,14 @@ func (r *LineReader) ReadLine() (string, error) {
 // but not yet consumed by ReadLine. Non-zero right after a command means the
 // peer pipelined more input behind it.
 func (r *LineReader) Buffered() int { return r.br.Buffered() }
+
+// HasLine reports whether the bytes already read hold the end of a line, so
+// that ReadLine can return without waiting for more input (as far as line
+// ends go: Telnet sequences are not decoded ahead).
+func (r *LineReader) HasLine() bool {
+	b, _ := r.br.Peek(r.br.Buffered())
+	return bytes.IndexByte(b, '\n') >= 0
+}
 
 // decode feeds one chunk (ending in LF or not) into the line and reports
 // whether the chunk completed it.

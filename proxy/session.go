@@ -63,6 +63,9 @@ type session struct {
 	// Deadlines: clientRead and upstreamWrite belong to the command
 	// goroutine, clientWrite to whoever holds mu.
 	clientRead, clientWrite, upstreamWrite lazyDeadline
+	// clientOut holds reply lines on their way to the client (relayLine),
+	// written together; mu.
+	clientOut []byte
 	// publicAddr is where NAT'ed data connections are advertised to the
 	// client (reverse) or the server (masqueraded client); invalid when
 	// nothing is NAT'ed. insideAddr is ftpgate's end of the upstream connection.
@@ -264,13 +267,50 @@ func (s *session) popLocked() {
 	s.pendingLen.Store(int32(len(s.pending)))
 }
 
+// writeClientLocked sends line to the client, after the reply lines held
+// by relayLine (they came first). mu is held.
 func (s *session) writeClientLocked(line string) {
+	s.clientOut = appendWire(s.clientOut, line)
+	s.flushClientLocked()
+}
+
+// relayLine passes on a line of a multi-line reply. Lines that arrived
+// together go out in one write — a FEAT list or a banner is one segment to
+// the client, not one system call, packet and wakeup per line. A line is
+// held only while the next one is already read (r has it buffered), so
+// nothing waits for the server.
+func (s *session) relayLine(r *LineReader, line string) {
+	s.mu.Lock()
+	s.clientOut = appendWire(s.clientOut, line)
+	if !r.HasLine() || len(s.clientOut) >= maxClientOut {
+		s.flushClientLocked()
+	}
+	s.mu.Unlock()
+}
+
+// maxClientOut bounds the reply lines held for one write.
+const maxClientOut = 16 << 10
+
+// flushClientLocked writes what clientOut holds. mu is held.
+func (s *session) flushClientLocked() {
+	if len(s.clientOut) == 0 {
+		return
+	}
 	// The deadline keeps a client that stops reading from pinning the session.
 	s.clientWrite.extend(writeTimeout)
-	if _, err := s.client.Write(wireLine(line)); err != nil {
+	_, err := s.client.Write(s.clientOut)
+	if cap(s.clientOut) > keptClientOut {
+		s.clientOut = nil // a long reply's buffer is not kept for an idle session
+	} else {
+		s.clientOut = s.clientOut[:0]
+	}
+	if err != nil {
 		s.writeFailedLocked("client", err)
 	}
 }
+
+// keptClientOut is the largest write buffer a session keeps between writes.
+const keptClientOut = 512
 
 // writeFailedLocked ends the session after a write to peer failed: the line
 // may have gone out in part, and the next one must not be glued to it. A
@@ -736,6 +776,9 @@ const (
 func (s *session) relayReplies() {
 	r := NewLineReader(s.upstream, s.cfg.MaxLine)
 	defer func() {
+		s.mu.Lock()
+		s.flushClientLocked() // what came before the end of the stream
+		s.mu.Unlock()
 		if s.tlsAccepted {
 			s.mu.Lock()
 			s.clientWrite.clear()
@@ -760,7 +803,7 @@ func (s *session) relayReplies() {
 			// else is text, never parsed for addresses (over-long text is dropped).
 			if !ok || code != multi || more {
 				if mode != dropped && !tooLong {
-					s.writeClient(line)
+					s.relayLine(r, line)
 				}
 				continue
 			}
@@ -782,7 +825,7 @@ func (s *session) relayReplies() {
 		if more {
 			multi = code
 			if mode != dropped {
-				s.writeClient(line)
+				s.relayLine(r, line)
 			}
 			continue
 		}
@@ -996,11 +1039,15 @@ func (s *session) passiveReply(code int, line string) string {
 
 // wireLine encodes a decoded line for the wire: a literal 0xFF byte goes out
 // as IAC IAC, so a Telnet-aware peer cannot read a command into it.
-func wireLine(line string) []byte {
+func wireLine(line string) []byte { return appendWire(nil, line) }
+
+// appendWire appends line as it goes on the wire to b.
+func appendWire(b []byte, line string) []byte {
 	if strings.IndexByte(line, 0xFF) >= 0 {
 		line = strings.ReplaceAll(line, "\xff", "\xff\xff")
 	}
-	return []byte(line + "\r\n")
+	b = append(b, line...)
+	return append(b, '\r', '\n')
 }
 
 // redact hides the password of a PASS line from the log, however the line

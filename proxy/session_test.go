@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -680,4 +681,75 @@ func TestRedact(t *testing.T) {
 			t.Errorf("redact(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
+}
+
+// writeCounter is a client connection that records each write.
+type writeCounter struct {
+	net.Conn // nil: only Write and SetWriteDeadline are used
+	writes   []string
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, string(p))
+	return len(p), nil
+}
+
+func (w *writeCounter) SetWriteDeadline(time.Time) error { return nil }
+
+// The lines of a multi-line reply that were read together reach the client
+// in one write, and none waits for the rest of the reply: a line is held
+// only while a complete next one is already read.
+func TestRelayLineCoalesces(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     []string
+	}{
+		{"one segment", "211-Features:\r\n EPSV\r\n PASV\r\n",
+			[]string{"211-Features:\r\n EPSV\r\n PASV\r\n"}},
+		{"rest not yet read", "211-Features:\r\n EPSV\r\n PA",
+			[]string{"211-Features:\r\n EPSV\r\n"}},
+		{"escaped IAC", "211-a\xff\xffb\r\n c\r\n",
+			[]string{"211-a\xff\xffb\r\n c\r\n"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &writeCounter{}
+			s := &session{client: c}
+			s.clientWrite.set = c.SetWriteDeadline
+			r := NewLineReader(strings.NewReader(tc.in), 0)
+			for {
+				line, err := r.ReadLine()
+				if err != nil {
+					break
+				}
+				s.relayLine(r, line)
+			}
+			if !slices.Equal(c.writes, tc.want) {
+				t.Fatalf("writes %q, want %q", c.writes, tc.want)
+			}
+		})
+	}
+}
+
+// A multi-line reply the server sends in parts reaches the client as it
+// comes: what arrived is not held back until the reply ends.
+func TestMultiLineReplyAsItComes(t *testing.T) {
+	release := make(chan struct{})
+	h := newHarness(t, "", func(cmd string) string {
+		if cmd == "FEAT" {
+			return "211-Features:\r\n EPSV\r\n"
+		}
+		return defaultRespond(cmd)
+	})
+	h.server.write = func(c net.Conn, reply string) {
+		c.Write([]byte(reply))
+		if strings.HasPrefix(reply, "211-") {
+			<-release
+			c.Write([]byte("211 End\r\n"))
+		}
+	}
+	h.send("FEAT")
+	h.expect("211-Features:")
+	h.expect(" EPSV")
+	close(release)
+	h.expect("211 End")
 }

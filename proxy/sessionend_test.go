@@ -169,11 +169,18 @@ func floodClient(t *testing.T) *harness {
 // A client that stops reading ends its session once a write to it times
 // out: the rest of a half-written line must not be followed by more.
 func TestSessionClientStopsReading(t *testing.T) {
-	defer func(d time.Duration) { writeTimeout = d }(writeTimeout)
+	// Restored by a cleanup registered before the harness's, so it runs
+	// after the session is gone: a deferred restore raced a session still
+	// writing when the test failed.
+	t.Cleanup(func(d time.Duration) func() { return func() { writeTimeout = d } }(writeTimeout))
 	writeTimeout = 200 * time.Millisecond
 	h := floodClient(t)
-	if !sessionsReach(h.srv, 0) {
-		t.Fatal("the session of a client that stopped reading is still running")
+	// Filling the buffers takes 12 MiB of relayed lines: seconds under -race
+	// on a loaded machine, more than sessionsReach waits.
+	for deadline := time.Now().Add(time.Minute); h.srv.Sessions() != 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the session of a client that stopped reading is still running")
+		}
 	}
 	if logs := h.logs.String(); !strings.Contains(logs, "reason=write_failed") {
 		t.Fatalf("no write_failed refusal logged:\n%s", logs)
