@@ -106,12 +106,35 @@ func runCmd(args []string) error {
 		}
 		lns = append(lns, ln)
 	}
-	var mln net.Listener // served once the daemon is wired up
+	// The HTTP endpoint answers from here on: /healthz while the process
+	// lives, /readyz 503 until the table and listeners are up (and again
+	// while draining), /status 503 until there are sessions to report.
+	var ready, wired atomic.Bool
+	var srv *proxy.Server
+	var httpSrv *http.Server
 	if o.metricsListen != "" {
-		if mln, err = net.Listen("tcp", o.metricsListen); err != nil {
+		mln, err := net.Listen("tcp", o.metricsListen)
+		if err != nil {
 			return fmt.Errorf("--metrics-listen %s: %w", o.metricsListen, err)
 		}
-		defer mln.Close()
+		var status func() any // nil: no /status
+		if o.statusEndpoint {
+			status = func() any {
+				return statusReport{Version: version, Mode: o.mode, Sessions: srv.Snapshot(),
+					PinholesActive: fw.Active(), Pinholes: fw.Pinholes()}
+			}
+		}
+		httpSrv = &http.Server{
+			Handler: statusOnceWired(metrics.Handler(reg, ready.Load, status), wired.Load),
+			// A scraper that stops reading or idles must not hold a
+			// descriptor (they share LimitNOFILE with the sessions).
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       time.Minute,
+		}
+		go httpSrv.Serve(mln)
+		defer httpSrv.Close() // a failed start; a clean stop shuts it down first
 	}
 
 	if ncfg.Intercept {
@@ -133,21 +156,8 @@ func runCmd(args []string) error {
 	enableConntrackAccounting(log)
 
 	pcfg.Logger, pcfg.Observer, pcfg.SourceNAT = log, m, fw.SourceAddress
-	srv := proxy.NewServer(pcfg, countingGate{fw, m.NFTError})
-
-	var ready atomic.Bool
-	var httpSrv *http.Server
-	if mln != nil {
-		var status func() any // nil: no /status
-		if o.statusEndpoint {
-			status = func() any {
-				return statusReport{Version: version, Mode: o.mode, Sessions: srv.Snapshot(),
-					PinholesActive: fw.Active(), Pinholes: fw.Pinholes()}
-			}
-		}
-		httpSrv = &http.Server{Handler: metrics.Handler(reg, ready.Load, status), ReadHeaderTimeout: 5 * time.Second}
-		go httpSrv.Serve(mln)
-	}
+	srv = proxy.NewServer(pcfg, countingGate{fw, m.NFTError})
+	wired.Store(true) // after srv and fw are set: /status reads them
 
 	var wg sync.WaitGroup
 	for _, ln := range lns {
@@ -270,4 +280,16 @@ func enableConntrackAccounting(log *slog.Logger) {
 	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
 		log.Warn("conntrack accounting is off: data byte counters stay at zero; set net.netfilter.nf_conntrack_acct=1 (deploy/systemd/ftpgate-sysctl.conf)", "err", err)
 	}
+}
+
+// statusOnceWired answers /status with 503 until wired reports that the
+// sessions and pinholes it reports exist; everything else goes to h.
+func statusOnceWired(h http.Handler, wired func() bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/status" && !wired() {
+			http.Error(w, "starting\n", http.StatusServiceUnavailable)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

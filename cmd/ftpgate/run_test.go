@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -132,11 +133,43 @@ func TestSdNotify(t *testing.T) {
 	}
 }
 
+func TestStatusWhileStarting(t *testing.T) {
+	srv := httptest.NewServer(statusOnceWired(http.NotFoundHandler(), func() bool { return false }))
+	defer srv.Close()
+	err := statusCmd([]string{"--metrics-listen", strings.TrimPrefix(srv.URL, "http://")}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "still starting") {
+		t.Errorf("statusCmd against a starting daemon: %v, want it to say so", err)
+	}
+}
+
 func TestStatusEndpointOff(t *testing.T) {
 	srv := httptest.NewServer(http.NotFoundHandler())
 	defer srv.Close()
 	err := statusCmd([]string{"--metrics-listen", strings.TrimPrefix(srv.URL, "http://")}, &bytes.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "--status-endpoint") {
 		t.Errorf("statusCmd against a daemon without /status: %v, want a hint at --status-endpoint", err)
+	}
+}
+
+// While the daemon starts, /status answers 503 (what it reports does not
+// exist yet) and the rest of the endpoint answers as usual.
+func TestStatusOnceWired(t *testing.T) {
+	var wired atomic.Bool
+	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("inner " + r.URL.Path)) })
+	h := statusOnceWired(inner, wired.Load)
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, _ := get("/status"); code != http.StatusServiceUnavailable {
+		t.Errorf("/status while starting: %d, want 503", code)
+	}
+	if code, body := get("/healthz"); code != http.StatusOK || body != "inner /healthz" {
+		t.Errorf("/healthz while starting: %d %q", code, body)
+	}
+	wired.Store(true)
+	if code, body := get("/status"); code != http.StatusOK || body != "inner /status" {
+		t.Errorf("/status once wired: %d %q", code, body)
 	}
 }

@@ -37,6 +37,9 @@ func statusCmd(args []string, w io.Writer) error {
 	if resp.StatusCode == http.StatusNotFound {
 		return fmt.Errorf("%s: %s — the daemon runs with --status-endpoint=false; turn it on to use 'ftpgate status'", url, resp.Status)
 	}
+	if resp.StatusCode == http.StatusServiceUnavailable {
+		return fmt.Errorf("%s: %s — the daemon is still starting (setting up its nftables table and listeners); try again in a moment", url, resp.Status)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("%s: %s", url, resp.Status)
 	}
