@@ -489,7 +489,8 @@ func TestReverseRangeExhaustion(t *testing.T) {
 
 // vsftpd announces an address that is not its own in 227 (pasv_address):
 // reverse mode never trusts it — the data connection goes to the control
-// connection's peer — and counts the refusal.
+// connection's peer — rewrites it as always and logs it (debug), without
+// counting a refusal: nothing was refused.
 //
 // vsftpd honours pasv_address only with an IPv4 listener (listen=YES): with
 // listen_ipv6=YES (dual stack, the lab's default) it announces 0,0,0,0
@@ -555,6 +556,7 @@ func TestReverseServerAnnouncesWrongAddress(t *testing.T) {
 			// Hand-driven: the 227 passed on names the public address, and works.
 			c := dialControl(t, l, l.GwClientIP4)
 			before := g.Metric(t, `ftpgate_refusals_total{reason="server_address"}`)
+			rewrites := g.Metric(t, `ftpgate_rewrites_total{kind="227"}`)
 			reply := c.cmd("PASV", "227")
 			ap := parse227(t, reply)
 			t.Logf("vsftpd through ftpgate: %s", reply)
@@ -564,8 +566,13 @@ func TestReverseServerAnnouncesWrongAddress(t *testing.T) {
 			if got := retrOver(t, l, c, ap, SmallFile); !bytes.Equal(got, srv.Files[SmallFile]) {
 				t.Errorf("RETR: %q", got)
 			}
-			if v := g.Metric(t, `ftpgate_refusals_total{reason="server_address"}`); v != before+1 {
-				t.Errorf("refusals{server_address} went from %v to %v for one 227 naming %s, want +1", before, v, tc.announce)
+			// Accepted and rewritten, so not a refusal: it must not page
+			// FtpgateHostileServer on every PASV.
+			if v := g.Metric(t, `ftpgate_refusals_total{reason="server_address"}`); v != before {
+				t.Errorf("refusals{server_address} went from %v to %v for one 227 naming %s, want unchanged", before, v, tc.announce)
+			}
+			if v := g.Metric(t, `ftpgate_rewrites_total{kind="227"}`); v != rewrites+1 {
+				t.Errorf("rewrites{227} went from %v to %v, want +1", rewrites, v)
 			}
 			if !strings.Contains(g.LogText(), "addr="+tc.announce) {
 				t.Errorf("ftpgate's log does not name the announced address %s", tc.announce)

@@ -641,12 +641,14 @@ func (s *session) activeCommand(verb, arg, line string) {
 		} else {
 			line = "EPRT " + FormatEPRT(f.Dst)
 		}
-		s.cfg.Observer.Rewrite(verb)
 	}
 	p := s.open(f)
 	if p == nil {
 		s.reply("425 ftpgate: cannot open the data connection in the firewall")
 		return
+	}
+	if f.Target.IsValid() {
+		s.cfg.Observer.Rewrite(verb) // counted once it goes to the server
 	}
 	s.send(pendingCmd{verb: verb, opening: p}, line, false)
 }
@@ -1000,8 +1002,10 @@ func (s *session) passiveReply(code int, line string) string {
 			return fmt.Sprintf("425 ftpgate: refused passive address %s: not the server's", ap.Addr())
 		}
 		// Reverse: the data target is the control connection's peer, whatever
-		// the server announces (a private, wrong or third-party address).
-		s.refused(ReasonServerAddress, "227 names another host than the server; using the server's", "addr", ap.Addr().String())
+		// the server announces (a private, wrong or third-party address: a
+		// server behind NAT with a stale pasv_address). Nothing is refused,
+		// so nothing is counted as a refusal; the 227 is rewritten anyway.
+		s.log.Debug("227 names another host than the server; using the server's", "addr", ap.Addr().String())
 		ap = netip.AddrPortFrom(s.serverAddr, ap.Port())
 	}
 	if ap.Port() < 1024 {
@@ -1029,10 +1033,12 @@ func (s *session) passiveReply(code int, line string) string {
 		} else {
 			line = "229 " + Format229(port)
 		}
-		s.cfg.Observer.Rewrite(strconv.Itoa(code))
 	}
 	if s.open(f) == nil {
 		return "425 ftpgate: cannot open the data connection in the firewall"
+	}
+	if f.Target.IsValid() {
+		s.cfg.Observer.Rewrite(strconv.Itoa(code)) // counted once it reaches the client
 	}
 	return line
 }
