@@ -1526,8 +1526,11 @@ func errSuffix(e string) string {
 
 func (b *benchRun) writeJSON() {
 	dir := os.Getenv("FTPGATE_BENCH_OUT")
-	if dir == "" {
+	switch {
+	case dir == "":
 		dir = filepath.Join("..", "bench", "results")
+	case !filepath.IsAbs(dir):
+		dir = filepath.Join("..", dir) // relative to the repository, not to e2e/ where go test runs
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.t.Errorf("bench results: %v", err)

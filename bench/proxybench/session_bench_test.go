@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -289,6 +290,9 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 		conns := openIdle(b, addr, idleSessions)
 		h2, s2 := memNow()
 		if p := os.Getenv("FTPGATE_BENCH_HEAPPROFILE"); p != "" {
+			if !filepath.IsAbs(p) {
+				p = filepath.Join("..", "..", p) // relative to the repository, not to this package
+			}
 			if f, err := os.Create(p); err == nil {
 				pprof.WriteHeapProfile(f)
 				f.Close()
