@@ -25,6 +25,16 @@ var knownVerbs = []string{
 	"XRMD", "CCC", "HOST", "LANG", "CLNT",
 }
 
+// openLatencyBuckets are the bounds of pinhole_open_latency_seconds: fine
+// below 1 ms (the target), with bounds exactly at 1 ms and at 10 ms
+// (FtpgateSlowPinholes alerts on the share above the le="0.01" bucket), so
+// that neither is read by interpolating inside a bucket.
+var openLatencyBuckets = []float64{
+	50e-6, 100e-6, 200e-6, 300e-6, 400e-6, 500e-6, 700e-6,
+	0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
+	0.1, 0.25, 0.5, 1,
+}
+
 // Metrics implements proxy.Observer and counts the firewall's pinhole lifecycle.
 type Metrics struct {
 	sessions        prometheus.Counter
@@ -93,7 +103,7 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 		}, []string{"operation"}),
 		dataConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "data_connections_total",
-			Help: "Finished data connections admitted by ftpgate, by the direction of the transfer (from conntrack).",
+			Help: "Finished data connections admitted by ftpgate, by the direction of the transfer (from conntrack accounting; unknown when both byte counters are 0: accounting is off).",
 		}, []string{"direction"}),
 		dataBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "data_bytes_total",
@@ -121,12 +131,12 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 		}, []string{"family", "direction"}),
 		pinholesEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "pinholes_closed_total",
-			Help: "Pinholes that ended, by family, direction and result (used or expired).",
+			Help: "Pinholes that ended, by family, direction and result: used by their data connection, expired (their --pinhole-timeout ran out first) or revoked (closed unused: their session ended, the server refused the PORT, a newer opening replaced them, or ftpgate stopped).",
 		}, []string{"family", "direction", "result"}),
 		openLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "pinhole_open_latency_seconds",
-			Help:    "Time from reading a negotiating line to the kernel's acknowledgement of the pinhole.",
-			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14),
+			Help:    "Time from the firewall request for a pinhole to the kernel's acknowledgement.",
+			Buckets: openLatencyBuckets,
 		}),
 		tls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "tls_sessions_total",
@@ -194,17 +204,22 @@ func New(reg prometheus.Registerer, o Options) *Metrics {
 		m.dataConns.WithLabelValues(dir)
 		m.dataBytes.WithLabelValues(dir)
 	}
+	m.dataConns.WithLabelValues(unknownDirection) // no bytes: nothing to add to data_bytes_total
 	// Pre-create the bounded series so that rates start at zero, not absent.
 	for _, r := range proxy.Reasons {
 		m.refusals.WithLabelValues(string(r))
+	}
+	for _, kind := range rewriteKinds {
+		m.rewrites.WithLabelValues(kind)
 	}
 	m.tls.WithLabelValues("refused")
 	m.tls.WithLabelValues("passthrough")
 	for _, fam := range []string{"ipv4", "ipv6"} {
 		for _, dir := range []string{"passive", "active"} {
 			m.pinholesOpened.WithLabelValues(fam, dir)
-			m.pinholesEnded.WithLabelValues(fam, dir, "used")
-			m.pinholesEnded.WithLabelValues(fam, dir, "expired")
+			for _, result := range []string{"used", "expired", "revoked"} {
+				m.pinholesEnded.WithLabelValues(fam, dir, result)
+			}
 		}
 	}
 	return m
@@ -256,19 +271,30 @@ func (m *Metrics) NFTError(operation string) { m.nftErrors.WithLabelValues(opera
 const (
 	clientToServer = "client_to_server"
 	serverToClient = "server_to_client"
+	// Both byte counters 0: conntrack accounting (nf_conntrack_acct) is off,
+	// since with it on even an empty transfer counts its handshake.
+	unknownDirection = "unknown"
 )
+
+// rewriteKinds are the kinds the proxy passes to Rewrite: the verb of a
+// rewritten PORT/EPRT and the code of a rewritten 227/229.
+var rewriteKinds = []string{"PORT", "EPRT", "227", "229"}
 
 // DataConnectionEnded counts a finished data connection of flow f with the
 // kernel's byte counters of its original and reply directions. In a passive
 // flow the client opened it (original = client to server); in an active one
-// the server did.
+// the server did. With both counters 0 (accounting off) the direction is
+// unknown.
 func (m *Metrics) DataConnectionEnded(f proxy.Flow, origBytes, replyBytes uint64) {
 	up, down := origBytes, replyBytes
 	if f.Dir == proxy.Active {
 		up, down = replyBytes, origBytes
 	}
 	dir := serverToClient
-	if up > down {
+	switch {
+	case up == 0 && down == 0:
+		dir = unknownDirection
+	case up > down:
 		dir = clientToServer
 	}
 	m.dataConns.WithLabelValues(dir).Inc()
@@ -281,12 +307,9 @@ func (m *Metrics) PinholeOpened(f proxy.Flow, latency time.Duration) {
 	m.openLatency.Observe(latency.Seconds())
 }
 
-// PinholeEnded is the firewall's callback for a pinhole that was used or expired.
-func (m *Metrics) PinholeEnded(f proxy.Flow, used bool) {
-	result := "expired"
-	if used {
-		result = "used"
-	}
+// PinholeEnded is the firewall's callback for a pinhole that ended; result
+// is "used", "expired" or "revoked" (nft.PinholeEnd's String).
+func (m *Metrics) PinholeEnded(f proxy.Flow, result string) {
 	m.pinholesEnded.WithLabelValues(family(f), f.Dir.String(), result).Inc()
 }
 

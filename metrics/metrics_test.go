@@ -32,7 +32,8 @@ func TestMetricsLintClean(t *testing.T) {
 	m.Rewrite("227")
 	m.Refused(proxy.ReasonBounce)
 	m.PinholeOpened(f, 300*time.Microsecond)
-	m.PinholeEnded(f, true)
+	m.PinholeEnded(f, "used")
+	m.PinholeEnded(f, "revoked")
 	m.SessionEnded(2 * time.Second)
 	m.NFTError("add element")
 	m.Refused(proxy.ReasonUpstream)
@@ -51,6 +52,9 @@ func TestMetricsLintClean(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.pinholesEnded.WithLabelValues("ipv6", "passive", "used")); got != 1 {
 		t.Errorf("used ipv6 passive pinholes = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.pinholesEnded.WithLabelValues("ipv6", "passive", "expired")); got != 0 {
+		t.Errorf("a revoked pinhole counted as expired (%v): it would feed FtpgatePinholesMostlyExpired", got)
 	}
 	if got := testutil.ToFloat64(m.dataBytes.WithLabelValues("client_to_server")); got != 160 {
 		t.Errorf("client-to-server bytes = %v, want 100 (passive original) + 60 (active reply)", got)
@@ -137,5 +141,106 @@ func TestHandlerEndpoints(t *testing.T) {
 	code, body := get("/metrics")
 	if code != 200 || !strings.Contains(body, "ftpgate_refusals_total{reason=\"bounce_address\"} 0") {
 		t.Errorf("/metrics = %d, missing pre-initialised refusal series:\n%s", code, body)
+	}
+}
+
+// scrape returns reg's /metrics page.
+func scrape(t *testing.T, reg *prometheus.Registry) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	Handler(reg, nil, nil).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != 200 {
+		t.Fatalf("/metrics = %d", rec.Code)
+	}
+	return rec.Body.String()
+}
+
+// The alert and the 1 ms target read the bounds at 1 ms and 10 ms: they must
+// exist exactly, spelt as the alert's le="0.01" matches them.
+func TestOpenLatencyBuckets(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg, Options{})
+	f := proxy.Flow{Src: netip.MustParseAddr("192.0.2.1"), Dst: netip.MustParseAddrPort("192.0.2.2:50000"), Dir: proxy.Passive}
+	for _, d := range []time.Duration{300 * time.Microsecond, 900 * time.Microsecond, 1000 * time.Microsecond,
+		7 * time.Millisecond, 10 * time.Millisecond, 12 * time.Millisecond, 2 * time.Second} {
+		m.PinholeOpened(f, d)
+	}
+	body := scrape(t, reg)
+	for _, want := range []string{
+		`ftpgate_pinhole_open_latency_seconds_bucket{le="5e-05"} 0`,
+		`ftpgate_pinhole_open_latency_seconds_bucket{le="0.0003"} 1`,
+		`ftpgate_pinhole_open_latency_seconds_bucket{le="0.0007"} 1`,
+		`ftpgate_pinhole_open_latency_seconds_bucket{le="0.001"} 3`,
+		`ftpgate_pinhole_open_latency_seconds_bucket{le="0.005"} 3`,
+		`ftpgate_pinhole_open_latency_seconds_bucket{le="0.01"} 5`,
+		`ftpgate_pinhole_open_latency_seconds_bucket{le="0.02"} 6`,
+		`ftpgate_pinhole_open_latency_seconds_bucket{le="1"} 6`,
+		`ftpgate_pinhole_open_latency_seconds_bucket{le="+Inf"} 7`,
+		`ftpgate_pinhole_open_latency_seconds_count 7`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if n := strings.Count(body, "ftpgate_pinhole_open_latency_seconds_bucket{"); n != len(openLatencyBuckets)+1 {
+		t.Errorf("%d latency buckets, want %d and +Inf", n, len(openLatencyBuckets))
+	}
+	for i := 1; i < len(openLatencyBuckets); i++ {
+		if openLatencyBuckets[i] <= openLatencyBuckets[i-1] {
+			t.Errorf("bucket bounds not increasing at %v", openLatencyBuckets[i])
+		}
+	}
+}
+
+// Without conntrack accounting both byte counters are 0: the direction of
+// the transfer is unknown, not a download.
+func TestDataConnectionUnknownDirection(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg, Options{})
+	if body := scrape(t, reg); !strings.Contains(body, `ftpgate_data_connections_total{direction="unknown"} 0`+"\n") {
+		t.Errorf("direction=unknown not pre-initialised:\n%s", body)
+	}
+	passive := proxy.Flow{Src: netip.MustParseAddr("192.0.2.1"), Dst: netip.MustParseAddrPort("192.0.2.2:50000"), Dir: proxy.Passive}
+	active := proxy.Flow{Src: netip.MustParseAddr("192.0.2.2"), Dst: netip.MustParseAddrPort("192.0.2.1:50000"), Dir: proxy.Active}
+	m.DataConnectionEnded(passive, 0, 0)
+	m.DataConnectionEnded(active, 0, 0)
+	m.DataConnectionEnded(passive, 0, 60) // a count of one side only still tells
+	for dir, want := range map[string]float64{"unknown": 2, clientToServer: 0, serverToClient: 1} {
+		if got := testutil.ToFloat64(m.dataConns.WithLabelValues(dir)); got != want {
+			t.Errorf("data connections %s = %v, want %v", dir, got, want)
+		}
+	}
+	for dir, want := range map[string]float64{clientToServer: 0, serverToClient: 60} {
+		if got := testutil.ToFloat64(m.dataBytes.WithLabelValues(dir)); got != want {
+			t.Errorf("data bytes %s = %v, want %v", dir, got, want)
+		}
+	}
+	if body := scrape(t, reg); strings.Contains(body, `ftpgate_data_bytes_total{direction="unknown"}`) {
+		t.Error("data_bytes_total has a direction=unknown series: there are no bytes to count")
+	}
+}
+
+// Every bounded label value starts at 0, so that rates and panels start at
+// zero instead of showing no data.
+func TestPreinitialisedSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	New(reg, Options{})
+	body := scrape(t, reg)
+	for _, want := range []string{
+		`ftpgate_rewrites_total{kind="PORT"} 0`,
+		`ftpgate_rewrites_total{kind="EPRT"} 0`,
+		`ftpgate_rewrites_total{kind="227"} 0`,
+		`ftpgate_rewrites_total{kind="229"} 0`,
+		`ftpgate_nftables_errors_total{operation="open_pinhole"} 0`,
+		`ftpgate_nftables_errors_total{operation="close_pinhole"} 0`,
+		`ftpgate_data_connections_total{direction="client_to_server"} 0`,
+		`ftpgate_data_connections_total{direction="server_to_client"} 0`,
+		`ftpgate_data_connections_total{direction="unknown"} 0`,
+		`ftpgate_pinholes_closed_total{direction="active",family="ipv6",result="expired"} 0`,
+		`ftpgate_pinholes_closed_total{direction="active",family="ipv6",result="revoked"} 0`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }

@@ -198,7 +198,7 @@ func (fw *Firewall) register(batch []*openReq) []*pinhole {
 		if cur := fw.entries[p.key]; cur != nil {
 			if cur == r.replaces && r.removes {
 				// The batch removed its key: no connection used it.
-				if fw.endLocked(cur, false) {
+				if fw.endLocked(cur, Revoked) {
 					ended = append(ended, cur)
 				}
 			} else {

@@ -97,13 +97,11 @@ type Config struct {
 	// went to the zone, found no conntrack entry there and were invalid.
 	InterceptZone uint16
 	// OnPinholeEnd, if not nil, is called exactly once per pinhole when it
-	// ends: used is true when a connection consumed it, false when it expired,
-	// was closed, was replaced by an Open of the same key before any
-	// connection used it, or the Firewall closed.
+	// ends, with how (PinholeEnd).
 	// It is called without locks held, from an internal goroutine or from the
 	// goroutine calling Pinhole.Close / Open / Firewall.Close. It must not
 	// block and must not call Firewall.Close.
-	OnPinholeEnd func(f proxy.Flow, used bool)
+	OnPinholeEnd func(f proxy.Flow, end PinholeEnd)
 	// OnDataEnd, if not nil, is called when the conntrack entry of a data
 	// connection admitted by a pinhole is destroyed, with the kernel's byte
 	// counters of its original and reply directions (zero unless
@@ -211,4 +209,30 @@ func (cfg Config) interceptedFamilies() []*family {
 		}
 	}
 	return out
+}
+
+// PinholeEnd is how a pinhole ended.
+type PinholeEnd int
+
+const (
+	// Expired: its time ran out before any connection used it — the one
+	// that operators watch (a NAT or the host's ct-mark line in the way).
+	Expired PinholeEnd = iota
+	// Used: a connection consumed it.
+	Used
+	// Revoked: it was closed (its session ended, the server refused the
+	// PORT, the session's cap on pending openings), replaced by an Open of
+	// the same key, or the Firewall closed, before any connection used it.
+	Revoked
+)
+
+// String is the end's metric label value.
+func (e PinholeEnd) String() string {
+	switch e {
+	case Used:
+		return "used"
+	case Revoked:
+		return "revoked"
+	}
+	return "expired"
 }

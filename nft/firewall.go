@@ -245,7 +245,7 @@ func (fw *Firewall) removeTable() error {
 }
 
 // Close removes the table, the policy routing and stops watching conntrack.
-// Outstanding pinholes end (OnPinholeEnd with used=false). It is idempotent.
+// Outstanding pinholes end (OnPinholeEnd with Revoked). It is idempotent.
 func (fw *Firewall) Close() error {
 	fw.closeOnce.Do(func() { fw.closeErr = fw.close() })
 	return fw.closeErr
@@ -257,14 +257,14 @@ func (fw *Firewall) close() error {
 	fw.closed = true
 	var ended []*pinhole
 	for k, e := range fw.entries {
-		if fw.endLocked(e, false) {
+		if fw.endLocked(e, Revoked) {
 			ended = append(ended, e)
 		}
 		delete(fw.entries, k)
 	}
 	for _, q := range fw.buried {
 		for _, e := range slices.Clone(q) {
-			if fw.endLocked(e, false) {
+			if fw.endLocked(e, Revoked) {
 				ended = append(ended, e)
 			}
 		}
@@ -336,7 +336,7 @@ type pinhole struct {
 	ended   bool      // OnPinholeEnd was (or is about to be) called
 	revoked bool      // Close or a refresh found the element gone; waiting for used/expired
 	buried  bool      // in fw.buried
-	used    bool
+	end     PinholeEnd
 	done    chan struct{} // closed by endLocked, when ended is set
 }
 
@@ -427,11 +427,11 @@ func parseFlow(f proxy.Flow) (pinKey, natSpec, error) {
 
 // endLocked marks e ended and forgets it; it reports whether the caller must
 // call OnPinholeEnd for it (false if it had ended already). fw.mu is held.
-func (fw *Firewall) endLocked(e *pinhole, used bool) bool {
+func (fw *Firewall) endLocked(e *pinhole, end PinholeEnd) bool {
 	if e.ended {
 		return false
 	}
-	e.ended, e.used = true, used
+	e.ended, e.end = true, end
 	close(e.done)
 	if !e.revoked {
 		fw.active--
@@ -492,7 +492,7 @@ func (fw *Firewall) notify(ended []*pinhole) {
 		return
 	}
 	for _, e := range ended {
-		fw.cfg.OnPinholeEnd(e.flow, e.used)
+		fw.cfg.OnPinholeEnd(e.flow, e.end)
 	}
 }
 
@@ -504,7 +504,7 @@ func (p *pinhole) expire() {
 	var ended []*pinhole
 	if !p.ended {
 		p.timer = nil // already fired: endLocked must not count it again
-		if fw.endLocked(p, false) {
+		if fw.endLocked(p, Expired) {
 			ended = append(ended, p)
 		}
 	}
@@ -533,7 +533,7 @@ func (fw *Firewall) onConnNew(k pinKey, id uint32, orig conntrack.Tuple, zone ui
 	raced := false
 	switch {
 	case e != nil:
-		if fw.endLocked(e, true) {
+		if fw.endLocked(e, Used) {
 			ended = append(ended, e)
 			if fw.cfg.OnDataEnd != nil {
 				fw.dataConns.add(id, e.flow)
@@ -750,7 +750,7 @@ func (p *pinhole) close() ([]*pinhole, error) {
 	case err == nil:
 		// We removed it, so no connection consumed it; its NAT data went
 		// in the same batch.
-		if fw.endLocked(p, false) {
+		if fw.endLocked(p, Revoked) {
 			ended = append(ended, p)
 		}
 		delete(fw.natDirty, p.key)

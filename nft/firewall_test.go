@@ -36,16 +36,18 @@ type ended struct {
 
 type endCall struct {
 	f    proxy.Flow
-	used bool
+	used bool // end == Used
+	end  PinholeEnd
 }
 
 func newEnded() *ended { return &ended{ch: make(chan endCall, 1000)} }
 
-func (e *ended) hook(f proxy.Flow, used bool) {
+func (e *ended) hook(f proxy.Flow, end PinholeEnd) {
+	c := endCall{f, end == Used, end}
 	e.mu.Lock()
-	e.calls = append(e.calls, endCall{f, used})
+	e.calls = append(e.calls, c)
 	e.mu.Unlock()
-	e.ch <- endCall{f, used}
+	e.ch <- c
 }
 
 func (e *ended) count() int {
@@ -406,8 +408,8 @@ func TestOpenAddsElementThatExpires(t *testing.T) {
 	seen := map[proxy.Flow]bool{}
 	for range flows {
 		c := rec.wait(t, 10*time.Second)
-		if c.used {
-			t.Errorf("OnPinholeEnd(%v, used=true), want false (expired)", c.f)
+		if c.end != Expired {
+			t.Errorf("OnPinholeEnd(%v, %v), want expired", c.f, c.end)
 		}
 		seen[c.f] = true
 	}
@@ -438,8 +440,8 @@ func TestOpenAddsElementThatExpires(t *testing.T) {
 	if got := fw.Active(); got != 0 {
 		t.Errorf("Active() = %d after closing an expired pinhole, want 0", got)
 	}
-	if c := rec.wait(t, 10*time.Second); c.f != f || c.used {
-		t.Errorf("OnPinholeEnd(%v, %v), want (%v, false)", c.f, c.used, f)
+	if c := rec.wait(t, 10*time.Second); c.f != f || c.end != Expired {
+		t.Errorf("OnPinholeEnd(%v, %v), want (%v, expired): the kernel expired it before the Close", c.f, c.end, f)
 	}
 	time.Sleep(50 * time.Millisecond)
 	if n := rec.count(); n != len(flows)+1 {
@@ -462,8 +464,8 @@ func TestPinholeCloseRevokesAndRefresh(t *testing.T) {
 	if err := p.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if c := rec.wait(t, 5*time.Second); c.used || c.f != f {
-		t.Errorf("OnPinholeEnd(%v, %v), want (%v, false)", c.f, c.used, f)
+	if c := rec.wait(t, 5*time.Second); c.end != Revoked || c.f != f {
+		t.Errorf("OnPinholeEnd(%v, %v), want (%v, revoked)", c.f, c.end, f)
 	}
 	if got := setElements(t, ns, "pin4"); strings.Contains(got, "10.77.0.1") {
 		t.Errorf("element still present after Close:\n%s", got)
@@ -484,8 +486,8 @@ func TestPinholeCloseRevokesAndRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open of an outstanding key: %v", err)
 	}
-	if c := rec.wait(t, 5*time.Second); c.used {
-		t.Errorf("replaced pinhole reported used")
+	if c := rec.wait(t, 5*time.Second); c.end != Revoked {
+		t.Errorf("replaced pinhole reported %v, want revoked", c.end)
 	}
 	if fw.Active() != 1 {
 		t.Errorf("Active() = %d after refresh, want 1", fw.Active())
@@ -515,7 +517,9 @@ func TestPinholeCloseRevokesAndRefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	for rec.count() < 4 {
-		rec.wait(t, 5*time.Second)
+		if c := rec.wait(t, 5*time.Second); c.end != Revoked {
+			t.Errorf("OnPinholeEnd(%v, %v) of an outstanding pinhole, want revoked", c.f, c.end)
+		}
 	}
 	if n := rec.count(); n != 4 {
 		t.Errorf("OnPinholeEnd called %d times, want 4", n)
@@ -768,9 +772,9 @@ func TestConcurrentOpenClose(t *testing.T) {
 	leakCheck(t)
 	ns := newNS(t, "conc")
 	rec := newEnded()
-	fw := newFirewall(t, ns, Config{OnPinholeEnd: func(f proxy.Flow, used bool) {
+	fw := newFirewall(t, ns, Config{OnPinholeEnd: func(f proxy.Flow, end PinholeEnd) {
 		rec.mu.Lock()
-		rec.calls = append(rec.calls, endCall{f, used})
+		rec.calls = append(rec.calls, endCall{f, end == Used, end})
 		rec.mu.Unlock()
 	}})
 	const workers, per = 8, 120
@@ -1017,7 +1021,7 @@ func TestPinholeEndWithoutLocks(t *testing.T) {
 	var fw *Firewall
 	held := make(chan string, 16)
 	calls := make(chan struct{}, 16)
-	hook := func(f proxy.Flow, used bool) {
+	hook := func(f proxy.Flow, _ PinholeEnd) {
 		for name, l := range map[string]interface{ TryLock() bool }{"nlMu": &fw.nlMu, "mu": &fw.mu, "pendMu": &fw.pendMu} {
 			if !l.TryLock() {
 				held <- name

@@ -571,7 +571,7 @@ func TestPinholeDone(t *testing.T) {
 	var mu sync.Mutex
 	doneAtEnd := map[proxy.Flow]bool{}
 	holes := map[proxy.Flow]proxy.Pinhole{}
-	fw := newFirewall(t, ns, Config{OnPinholeEnd: func(f proxy.Flow, used bool) {
+	fw := newFirewall(t, ns, Config{OnPinholeEnd: func(f proxy.Flow, _ PinholeEnd) {
 		mu.Lock()
 		defer mu.Unlock()
 		// Done is closed when OnPinholeEnd runs.

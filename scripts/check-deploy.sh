@@ -593,13 +593,13 @@ idle_timeout pending_openings denied_command not_anonymous wrong_direction bad_v
 write_failed client_ports""".split())
 VALUES = {
     ("ftpgate_refusals_total", "reason"): REASONS,
-    ("ftpgate_pinholes_closed_total", "result"): {"used", "expired"},
+    ("ftpgate_pinholes_closed_total", "result"): {"used", "expired", "revoked"},
     ("ftpgate_pinholes_closed_total", "family"): {"ipv4", "ipv6"},
     ("ftpgate_pinholes_opened_total", "family"): {"ipv4", "ipv6"},
     ("ftpgate_pinholes_closed_total", "direction"): {"passive", "active"},
     ("ftpgate_pinholes_opened_total", "direction"): {"passive", "active"},
     ("ftpgate_tls_sessions_total", "action"): {"refused", "passthrough"},
-    ("ftpgate_data_connections_total", "direction"): {"client_to_server", "server_to_client"},
+    ("ftpgate_data_connections_total", "direction"): {"client_to_server", "server_to_client", "unknown"},
     ("ftpgate_data_bytes_total", "direction"): {"client_to_server", "server_to_client"},
     ("ftpgate_sessions_total", "mode"): {"transparent", "reverse"},
     ("ftpgate_build_info", "mode"): {"transparent", "reverse"},
@@ -671,6 +671,8 @@ def promql_check(expr, external=False):
         b = base_metric(n)
         for label, op, value in matchers:
             known = TARGET_LABELS | (METRICS[b][1] if b else EXTERNAL.get(n, set()) if external else set())
+            if b and n.endswith("_bucket"):
+                known = known | {"le"}
             if n.startswith(("process_", "go_")) and label in TARGET_LABELS:
                 continue
             if label not in known:

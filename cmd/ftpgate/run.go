@@ -90,7 +90,8 @@ func runCmd(args []string) error {
 	}, EventsListening: func() bool {
 		return fw != nil && fw.EventsListening()
 	}})
-	ncfg.OnPinholeEnd, ncfg.OnDataEnd = m.PinholeEnded, m.DataConnectionEnded
+	ncfg.OnPinholeEnd = func(f proxy.Flow, end nft.PinholeEnd) { m.PinholeEnded(f, end.String()) }
+	ncfg.OnDataEnd = m.DataConnectionEnded
 
 	// Listeners first: a port in use should fail before the ruleset changes.
 	var lns []net.Listener
