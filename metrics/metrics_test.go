@@ -166,7 +166,7 @@ func TestOpenLatencyBuckets(t *testing.T) {
 		m.PinholeOpened(f, d)
 	}
 	body := scrape(t, reg)
-	for _, want := range []string{
+	expectLines(t, body,
 		`ftpgate_pinhole_open_latency_seconds_bucket{le="5e-05"} 0`,
 		`ftpgate_pinhole_open_latency_seconds_bucket{le="0.0003"} 1`,
 		`ftpgate_pinhole_open_latency_seconds_bucket{le="0.0007"} 1`,
@@ -177,11 +177,7 @@ func TestOpenLatencyBuckets(t *testing.T) {
 		`ftpgate_pinhole_open_latency_seconds_bucket{le="1"} 6`,
 		`ftpgate_pinhole_open_latency_seconds_bucket{le="+Inf"} 7`,
 		`ftpgate_pinhole_open_latency_seconds_count 7`,
-	} {
-		if !strings.Contains(body, want+"\n") {
-			t.Errorf("/metrics lacks %q", want)
-		}
-	}
+	)
 	if n := strings.Count(body, "ftpgate_pinhole_open_latency_seconds_bucket{"); n != len(openLatencyBuckets)+1 {
 		t.Errorf("%d latency buckets, want %d and +Inf", n, len(openLatencyBuckets))
 	}
@@ -226,7 +222,7 @@ func TestPreinitialisedSeries(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	New(reg, Options{})
 	body := scrape(t, reg)
-	for _, want := range []string{
+	expectLines(t, body,
 		`ftpgate_rewrites_total{kind="PORT"} 0`,
 		`ftpgate_rewrites_total{kind="EPRT"} 0`,
 		`ftpgate_rewrites_total{kind="227"} 0`,
@@ -238,7 +234,13 @@ func TestPreinitialisedSeries(t *testing.T) {
 		`ftpgate_data_connections_total{direction="unknown"} 0`,
 		`ftpgate_pinholes_closed_total{direction="active",family="ipv6",result="expired"} 0`,
 		`ftpgate_pinholes_closed_total{direction="active",family="ipv6",result="revoked"} 0`,
-	} {
+	)
+}
+
+// expectLines fails t for each line missing from a /metrics body.
+func expectLines(t *testing.T, body string, lines ...string) {
+	t.Helper()
+	for _, want := range lines {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("/metrics lacks %q", want)
 		}
