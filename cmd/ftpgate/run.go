@@ -71,24 +71,28 @@ func runCmd(args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// /metrics is served from before fw and srv exist: what reads them waits
+	// for wired, set once both are (an atomic, so the reads see them).
 	var fw *nft.Firewall
+	var srv *proxy.Server
+	var ready, wired atomic.Bool
 	m := metrics.New(reg, metrics.Options{Mode: o.mode, Version: version, Realtime: rt.on.Load, ActivePinholes: func() int {
-		if fw == nil {
+		if !wired.Load() {
 			return 0
 		}
 		return fw.Active()
 	}, LostEvents: func() uint64 {
-		if fw == nil {
+		if !wired.Load() {
 			return 0
 		}
 		return fw.LostEvents()
 	}, RacedConnections: func() uint64 {
-		if fw == nil {
+		if !wired.Load() {
 			return 0
 		}
 		return fw.RacedConnections()
 	}, EventsListening: func() bool {
-		return fw != nil && fw.EventsListening()
+		return wired.Load() && fw.EventsListening()
 	}})
 	ncfg.OnPinholeEnd = func(f proxy.Flow, end nft.PinholeEnd) { m.PinholeEnded(f, end.String()) }
 	ncfg.OnDataEnd = m.DataConnectionEnded
@@ -110,8 +114,6 @@ func runCmd(args []string) error {
 	// The HTTP endpoint answers from here on: /healthz while the process
 	// lives, /readyz 503 until the table and listeners are up (and again
 	// while draining), /status 503 until there are sessions to report.
-	var ready, wired atomic.Bool
-	var srv *proxy.Server
 	var httpSrv *http.Server
 	if o.metricsListen != "" {
 		mln, err := net.Listen("tcp", o.metricsListen)
