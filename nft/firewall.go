@@ -245,7 +245,8 @@ func (fw *Firewall) removeTable() error {
 }
 
 // Close removes the table, the policy routing and stops watching conntrack.
-// Outstanding pinholes end (OnPinholeEnd with Revoked). It is idempotent.
+// Outstanding pinholes end as Revoked; those whose key was already gone, as
+// used or expired (by their expiry time). It is idempotent.
 func (fw *Firewall) Close() error {
 	fw.closeOnce.Do(func() { fw.closeErr = fw.close() })
 	return fw.closeErr
@@ -264,7 +265,13 @@ func (fw *Firewall) close() error {
 	}
 	for _, q := range fw.buried {
 		for _, e := range slices.Clone(q) {
-			if fw.endLocked(e, Revoked) {
+			// Its key was gone from the kernel: used (the event is not read
+			// yet) or expired (the timer has not fired yet).
+			end := Used
+			if !time.Now().Before(e.expires) {
+				end = Expired
+			}
+			if fw.endLocked(e, end) {
 				ended = append(ended, e)
 			}
 		}

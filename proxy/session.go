@@ -278,14 +278,15 @@ func (s *session) writeClientLocked(line string) {
 // together go out in one write — a FEAT list or a banner is one segment to
 // the client, not one system call, packet and wakeup per line. A line is
 // held only while the next one is already read (r has it buffered), so
-// nothing waits for the server.
-func (s *session) relayLine(r *LineReader, line string) {
+// nothing waits for the server. It reports whether it holds lines.
+func (s *session) relayLine(r *LineReader, line string) (held bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.clientOut = appendWire(s.clientOut, line)
 	if !r.HasLine() || len(s.clientOut) >= maxClientOut {
 		s.flushClientLocked()
 	}
-	s.mu.Unlock()
+	return len(s.clientOut) > 0
 }
 
 // maxClientOut bounds the reply lines held for one write.
@@ -790,7 +791,16 @@ func (s *session) relayReplies() {
 	}()
 	multi := 0 // the code of the multi-line reply in progress, 0 if none
 	mode := relayed
+	held := false // relayLine holds lines for the client
 	for {
+		if held && !r.HasLine() {
+			// Whatever the last line read became (relayed, dropped as
+			// over-long), nothing held may wait for the server.
+			s.mu.Lock()
+			s.flushClientLocked()
+			s.mu.Unlock()
+			held = false
+		}
 		line, err := r.ReadLine()
 		tooLong := errors.Is(err, ErrLineTooLong)
 		if err != nil && !tooLong {
@@ -805,7 +815,7 @@ func (s *session) relayReplies() {
 			// else is text, never parsed for addresses (over-long text is dropped).
 			if !ok || code != multi || more {
 				if mode != dropped && !tooLong {
-					s.relayLine(r, line)
+					held = s.relayLine(r, line)
 				}
 				continue
 			}
@@ -827,7 +837,7 @@ func (s *session) relayReplies() {
 		if more {
 			multi = code
 			if mode != dropped {
-				s.relayLine(r, line)
+				held = s.relayLine(r, line)
 			}
 			continue
 		}
@@ -903,6 +913,7 @@ func (s *session) writeClient(line string) {
 func (s *session) finishReply(code int, line string) bool {
 	s.cfg.Observer.Reply(code)
 	s.mu.Lock()
+	s.flushClientLocked() // the reply's earlier lines need not wait for the firewall
 	if len(s.pending) == 0 {
 		// Nothing asked for it: passing it on would desynchronise the client.
 		s.mu.Unlock()

@@ -753,3 +753,29 @@ func TestMultiLineReplyAsItComes(t *testing.T) {
 	close(release)
 	h.expect("211 End")
 }
+
+// A line held for the next one is not stuck when that next one is dropped
+// (over-long text inside a multi-line reply) and the server then waits.
+func TestHeldLineNotStuckBehindDroppedLine(t *testing.T) {
+	release := make(chan struct{})
+	h := newHarnessConfig(t, Config{MaxLine: 200}, "", nil)
+	h.server.write = func(c net.Conn, reply string) {
+		if !strings.HasPrefix(reply, "211") {
+			c.Write([]byte(reply))
+			return
+		}
+		c.Write([]byte("211-Features:\r\n " + strings.Repeat("x", 300) + "\r\n"))
+		<-release
+		c.Write([]byte("211 End\r\n"))
+	}
+	h.server.respond = func(cmd string) string {
+		if cmd == "FEAT" {
+			return "211"
+		}
+		return defaultRespond(cmd)
+	}
+	h.send("FEAT")
+	h.expect("211-Features:")
+	close(release)
+	h.expect("211 End")
+}

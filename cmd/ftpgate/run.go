@@ -128,7 +128,7 @@ func runCmd(args []string) error {
 			}
 		}
 		httpSrv = &http.Server{
-			Handler: statusOnceWired(metrics.Handler(reg, ready.Load, status), wired.Load),
+			Handler: statusOnceWired(metrics.Handler(reg, ready.Load, status), wired.Load, status != nil),
 			// A scraper that stops reading or idles must not hold a
 			// descriptor (they share LimitNOFILE with the sessions).
 			ReadHeaderTimeout: 5 * time.Second,
@@ -285,9 +285,13 @@ func enableConntrackAccounting(log *slog.Logger) {
 	}
 }
 
-// statusOnceWired answers /status with 503 until wired reports that the
-// sessions and pinholes it reports exist; everything else goes to h.
-func statusOnceWired(h http.Handler, wired func() bool) http.Handler {
+// statusOnceWired answers /status, when served at all, with 503 until
+// wired reports that the sessions and pinholes it reports exist; everything
+// else goes to h.
+func statusOnceWired(h http.Handler, wired func() bool, served bool) http.Handler {
+	if !served {
+		return h // its 404 tells 'ftpgate status' to ask for --status-endpoint
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/status" && !wired() {
 			http.Error(w, "starting\n", http.StatusServiceUnavailable)

@@ -134,7 +134,7 @@ func TestSdNotify(t *testing.T) {
 }
 
 func TestStatusWhileStarting(t *testing.T) {
-	srv := httptest.NewServer(statusOnceWired(http.NotFoundHandler(), func() bool { return false }))
+	srv := httptest.NewServer(statusOnceWired(http.NotFoundHandler(), func() bool { return false }, true))
 	defer srv.Close()
 	err := statusCmd([]string{"--metrics-listen", strings.TrimPrefix(srv.URL, "http://")}, &bytes.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "still starting") {
@@ -143,7 +143,8 @@ func TestStatusWhileStarting(t *testing.T) {
 }
 
 func TestStatusEndpointOff(t *testing.T) {
-	srv := httptest.NewServer(http.NotFoundHandler())
+	// Also while starting: the endpoint is off, not starting.
+	srv := httptest.NewServer(statusOnceWired(http.NotFoundHandler(), func() bool { return false }, false))
 	defer srv.Close()
 	err := statusCmd([]string{"--metrics-listen", strings.TrimPrefix(srv.URL, "http://")}, &bytes.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "--status-endpoint") {
@@ -156,7 +157,7 @@ func TestStatusEndpointOff(t *testing.T) {
 func TestStatusOnceWired(t *testing.T) {
 	var wired atomic.Bool
 	inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("inner " + r.URL.Path)) })
-	h := statusOnceWired(inner, wired.Load)
+	h := statusOnceWired(inner, wired.Load, true)
 	get := func(path string) (int, string) {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
