@@ -245,6 +245,10 @@ type DaemonRow struct {
 	PinholeP99us  float64 `json:"pinhole_open_p99_us"`
 	PinholeP99Max float64 `json:"pinhole_open_p99_bucket_le_us"` // upper bound of the bucket holding p99
 	FirewallErrs  float64 `json:"firewall_errors"`
+	// OverRelayUs is CPU per session above the plain relay's at the same
+	// concurrency (ftpgate rows, when setup (e) ran): what ftpgate's own
+	// work costs beyond relaying lines.
+	OverRelayUs float64 `json:"cpu_per_session_over_relay_us,omitempty"`
 }
 
 // IdleResult is the idle-session memory figure.
@@ -1366,6 +1370,17 @@ func (b *benchRun) summarise() {
 			rep.Daemon = append(rep.Daemon, row)
 		}
 	}
+	relayCPU := map[int]float64{}
+	for _, r := range rep.Daemon {
+		if r.Setup == setupRelay && r.Sessions > 0 {
+			relayCPU[r.Concurrency] = r.CPUPerSessUs
+		}
+	}
+	for i, r := range rep.Daemon {
+		if base, ok := relayCPU[r.Concurrency]; ok && r.Setup != setupRelay && r.Sessions > 0 {
+			rep.Daemon[i].OverRelayUs = math.Round(10*(r.CPUPerSessUs-base)) / 10
+		}
+	}
 
 	// Figures against the targets.
 	rep.Figures = nil
@@ -1487,6 +1502,19 @@ func (b *benchRun) table() string {
 				}
 			}
 			fmt.Fprintf(&w, "%-26s %5s %9d %12.1f %9.1f %10.1f %9s %12s %17s %8s\n", setupTitle[r.Setup], conc, r.Sessions, r.CPUPerSessUs, r.UserPerSessUs, r.CtxSwPerSess, opens, p50, p99, errs)
+		}
+		var relay *DaemonRow
+		for i, r := range rep.Daemon {
+			if r.Setup == setupRelay && r.Concurrency == 0 && r.Sessions > 0 {
+				relay = &rep.Daemon[i]
+			}
+		}
+		for _, r := range rep.Daemon {
+			if relay != nil && r.Setup != setupRelay && r.Concurrency == 0 && r.Sessions > 0 {
+				over := math.Round(r.CPUPerSessUs-relay.CPUPerSessUs) + 0 // + 0: no "-0"
+				fmt.Fprintf(&w, "%s: %+.0f µs CPU per session above the plain relay (%+.0f %%)\n", setupTitle[r.Setup], over,
+					100*over/relay.CPUPerSessUs)
+			}
 		}
 	}
 	if i := rep.Idle; i != nil {

@@ -391,6 +391,23 @@ func TestTransparentPinholeLifecycle(t *testing.T) {
 	}) {
 		t.Errorf("expiry not counted:\n%s", g.Metrics(t))
 	}
+
+	// Revoked: the opening of a session that ends unused goes at once, and
+	// is not counted as expired (FtpgatePinholesMostlyExpired reads that).
+	const expiredSeries = `ftpgate_pinholes_closed_total{direction="passive",family="ipv4",result="expired"}`
+	const revokedSeries = `ftpgate_pinholes_closed_total{direction="passive",family="ipv4",result="revoked"}`
+	expired, revoked := g.Metric(t, expiredSeries), g.Metric(t, revokedSeries)
+	parse227(t, c.cmd("PASV", "227"))
+	c.cmd("QUIT", "221")
+	if !waitFor(time.Second, func() bool { return l.Elements(t, "pin4") == "" }) {
+		t.Errorf("the opening of an ended session is still there: {%s}", l.Elements(t, "pin4"))
+	}
+	if !waitFor(5*time.Second, func() bool { return g.Metric(t, revokedSeries) == revoked+1 }) {
+		t.Errorf("revocation not counted:\n%s", g.Metrics(t))
+	}
+	if v := g.Metric(t, expiredSeries); v != expired {
+		t.Errorf("expired went from %v to %v for a revoked opening", expired, v)
+	}
 }
 
 // SIGTERM removes the table, the policy-routing rules and routes; SIGKILL

@@ -414,8 +414,8 @@ func TestNATPinholeExpiryCloseReplace(t *testing.T) {
 		waitNoElements(t, ns, f, ttl+expireGrace+5*time.Second)
 	}
 	for range flows {
-		if c := rec.wait(t, 10*time.Second); c.used {
-			t.Errorf("OnPinholeEnd(%v, used=true), want false (expired)", c.f)
+		if c := rec.wait(t, 10*time.Second); c.end != Expired {
+			t.Errorf("OnPinholeEnd(%v, %v), want expired", c.f, c.end)
 		}
 	}
 	for _, p := range holes {
@@ -441,8 +441,8 @@ func TestNATPinholeExpiryCloseReplace(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	waitDone(t, p, time.Second)
-	if c := rec.wait(t, 5*time.Second); c.used || c.f != f {
-		t.Errorf("OnPinholeEnd(%v, %v), want (%v, false)", c.f, c.used, f)
+	if c := rec.wait(t, 5*time.Second); c.end != Revoked || c.f != f {
+		t.Errorf("OnPinholeEnd(%v, %v), want (%v, revoked)", c.f, c.end, f)
 	}
 	fa, key := keyOf(f)
 	if got := natElements(t, ns, fa, []byte(key)); len(got) != 0 {
@@ -471,8 +471,8 @@ func TestNATPinholeExpiryCloseReplace(t *testing.T) {
 	if fw.Active() != 0 {
 		t.Errorf("Active() = %d, want 0", fw.Active())
 	}
-	if c := rec.wait(t, 5*time.Second); c.used || c.f != f {
-		t.Errorf("OnPinholeEnd(%v, %v), want (%v, false)", c.f, c.used, f)
+	if c := rec.wait(t, 5*time.Second); c.end != Expired || c.f != f {
+		t.Errorf("OnPinholeEnd(%v, %v), want (%v, expired): the kernel expired it before the Close", c.f, c.end, f)
 	}
 	waitDone(t, p, time.Second)
 
@@ -502,8 +502,8 @@ func TestNATPinholeExpiryCloseReplace(t *testing.T) {
 		}
 		if prev != nil {
 			waitDone(t, prev, time.Second)
-			if c := rec.wait(t, 5*time.Second); c.used || c.f != steps[i-1] {
-				t.Errorf("replaced: OnPinholeEnd(%v, %v), want (%v, false)", c.f, c.used, steps[i-1])
+			if c := rec.wait(t, 5*time.Second); c.end != Revoked || c.f != steps[i-1] {
+				t.Errorf("replaced: OnPinholeEnd(%v, %v), want (%v, revoked)", c.f, c.end, steps[i-1])
 			}
 			if err := prev.Close(); err != nil { // superseded: no-op
 				t.Fatal(err)
