@@ -490,6 +490,13 @@ func TestOperatorCommands(t *testing.T) {
 		// The running daemon's rule and route are its own, not a dead run's.
 		t.Errorf("check on a running gateway, policy routing:\n%s", out)
 	}
+	// A second ftpgate (its own listeners, so it gets as far as the
+	// firewall) is refused and says why, without calling the running one's
+	// policy routing a killed run's leftovers.
+	out3, err := l.Gateway.Cmd(ctx, bin, "run", "--listen", "127.0.0.1:2122", "--metrics-listen", "127.0.0.1:9122").CombinedOutput()
+	if err == nil || !strings.Contains(string(out3), "another ftpgate runs") || strings.Contains(string(out3), "killed") {
+		t.Errorf("a second ftpgate in the namespace: err %v, want a refusal naming the running one:\n%s", err, out3)
+	}
 	l.HostFirewall(t, false)
 	out2, err := l.Gateway.Cmd(ctx, bin, "check").CombinedOutput()
 	if err == nil || !strings.Contains(string(out2), "ct mark & 0x100 == 0x100 accept") {
