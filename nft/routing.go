@@ -81,7 +81,7 @@ func (rt *routing) install(h *netlink.Handle, c *nftables.Conn, cfg Config) erro
 		return err
 	}
 	if len(conflicts) == 0 && len(staleRules)+len(staleRoutes) > 0 {
-		owned, err := ownedByLive(h, c, cfg, staleRules, staleRoutes)
+		owned, err := ownedByLive(c, cfg, describeFound(h, staleRules, staleRoutes))
 		if err != nil {
 			return err
 		}
@@ -149,91 +149,94 @@ func inspectFamilies(h *netlink.Handle, cfg Config, fams []int) (staleRules []ne
 	return staleRules, staleRoutes, conflicts, nil
 }
 
+// PolicyRouting is what InspectPolicyRouting found for cfg's policy routing.
+type PolicyRouting struct {
+	// Conflicts: someone else's use of the fwmark or the route table (or
+	// another running ftpgate's): New refuses to start.
+	Conflicts []string
+	// Held: ftpgate's tagged rule and route, held by the ftpgate of
+	// cfg.Table running in the namespace: New refuses a second one.
+	Held []string
+	// Leftovers: ftpgate's tagged rule and route left by one that could not
+	// remove them (killed): New replaces them.
+	Leftovers []string
+}
+
 // InspectPolicyRouting reports, changing nothing, what New would find in the
-// calling thread's network namespace for cfg's policy routing: conflicts —
-// someone else's use of the fwmark or the route table, for which New refuses
-// to start — and leftovers, the tagged rule and route of an earlier ftpgate
-// that could not remove them, which New deletes. For `ftpgate check`.
-func InspectPolicyRouting(cfg Config) (conflicts, leftovers []string, err error) {
-	if cfg, err = cfg.withDefaults(); err != nil {
-		return nil, nil, err
+// calling thread's network namespace for cfg's policy routing. For `ftpgate
+// check`, and for `ftpgate run` to say what it replaces.
+func InspectPolicyRouting(cfg Config) (PolicyRouting, error) {
+	var pr PolicyRouting
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return pr, err
 	}
 	h, err := netlink.NewHandle()
 	if err != nil {
-		return nil, nil, wrap("netlink", "open rtnetlink", err)
+		return pr, wrap("netlink", "open rtnetlink", err)
 	}
 	defer h.Close()
 	rules, routes, conflicts, err := inspectFamilies(h, cfg, routedFamilies(cfg))
 	if err != nil {
-		return nil, nil, err
+		return pr, err
 	}
-	if len(rules)+len(routes) > 0 {
-		c, err := nftables.New()
-		if err != nil {
-			return nil, nil, wrap("nftables", "open netlink socket", err)
-		}
-		defer c.CloseLasting()
-		owned, err := ownedByLive(h, c, cfg, rules, routes)
-		if err != nil {
-			return nil, nil, err
-		}
-		if owned != "" {
-			return append(conflicts, owned), nil, nil
-		}
-	}
-	for _, r := range rules {
-		leftovers = append(leftovers, fmt.Sprintf("ip %s rule %s", familyName(r.Family), describeRule(r)))
-	}
-	for _, r := range routes {
-		leftovers = append(leftovers, fmt.Sprintf("ip %s route %s", familyName(r.Family), describeRoute(r, linkName(h, r.LinkIndex))))
-	}
-	return conflicts, leftovers, nil
-}
-
-// Running reports whether an ftpgate with cfg's table runs in this network
-// namespace: its owner-flagged table exists (the kernel removes such a table
-// with its process).
-func Running(cfg Config) (bool, error) {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
-		return false, err
+	pr.Conflicts = conflicts
+	if len(rules)+len(routes) == 0 {
+		return pr, nil
 	}
 	c, err := nftables.New()
 	if err != nil {
-		return false, wrap("nftables", "open netlink socket", err)
+		return pr, wrap("nftables", "open netlink socket", err)
 	}
 	defer c.CloseLasting()
+	found := describeFound(h, rules, routes)
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return false, wrap("nftables", "list tables", err)
+		return pr, wrap("nftables", "list tables", err)
 	}
 	for _, t := range tables {
+		// The kernel removes an owner-flagged table with its process.
 		if t.Name == cfg.Table && t.Flags&nftables.TableFlagOwner != 0 {
-			return true, nil
+			pr.Held = found
+			return pr, nil
 		}
 	}
-	return false, nil
+	owned, err := ownedByLive(c, cfg, found)
+	if err != nil {
+		return pr, err
+	}
+	if owned != "" {
+		pr.Conflicts = append(pr.Conflicts, owned)
+		return pr, nil
+	}
+	pr.Leftovers = found
+	return pr, nil
 }
 
-// ownedByLive says, if the tagged rules and routes found for cfg (rules,
-// routes) may belong to another transparent ftpgate running in the
-// namespace, whose; "" if they can only be left by a killed one. Its owner
-// table "inet X" (X is not cfg.Table) is ftpgate's if it has the
-// intercept_ports set; the kernel removes it with its process, so it exists
-// only while that ftpgate runs. A reverse-mode one (its set empty) has no
-// policy routing, nor has one whose rules set another fwmark (its rule,
-// with the same table, would be a conflict).
-func ownedByLive(h *netlink.Handle, c *nftables.Conn, cfg Config, rules []netlink.Rule, routes []netlink.Route) (string, error) {
-	owners, err := liveOwners(c, cfg)
-	if err != nil || len(owners) == 0 {
-		return "", err
-	}
+// describeFound spells tagged rules and routes as ip(8) would.
+func describeFound(h *netlink.Handle, rules []netlink.Rule, routes []netlink.Route) []string {
 	var found []string
 	for _, r := range rules {
 		found = append(found, fmt.Sprintf("ip %s rule %s", familyName(r.Family), describeRule(r)))
 	}
 	for _, r := range routes {
 		found = append(found, fmt.Sprintf("ip %s route %s", familyName(r.Family), describeRoute(r, linkName(h, r.LinkIndex))))
+	}
+	return found
+}
+
+// ownedByLive says, if the tagged rules and routes found for cfg (found,
+// as describeFound spells them) may belong to another transparent ftpgate running in the
+// namespace, whose; "" if they can only be left by a killed one. Its owner
+// table "inet X" (X is not cfg.Table) is ftpgate's if it has the
+// intercept_ports set; the kernel removes it with its process, so it exists
+// only while that ftpgate runs. A reverse-mode one (its set empty) has no
+// policy routing, nor has one whose rules set another fwmark (its rule,
+// with the same table, would be a conflict).
+func ownedByLive(c *nftables.Conn, cfg Config, found []string) (string, error) {
+	owners, err := liveOwners(c, cfg)
+	if err != nil || len(owners) == 0 {
+		return "", err
 	}
 	return fmt.Sprintf("fwmark %#x / route table %d are used by the running ftpgate of table %s (%s) — give this instance another --fwmark and --route-table",
 		cfg.FWMark, cfg.RouteTable, strings.Join(owners, ", "), strings.Join(found, "; ")), nil

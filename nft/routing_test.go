@@ -96,7 +96,9 @@ func TestPolicyRoutingOwnership(t *testing.T) {
 			// What `ftpgate check` reports agrees with what New does.
 			var conflicts, leftovers []string
 			var err error
-			ns.do(t, func() { conflicts, leftovers, err = InspectPolicyRouting(cfg) })
+			var pr PolicyRouting
+			ns.do(t, func() { pr, err = InspectPolicyRouting(cfg) })
+			conflicts, leftovers = pr.Conflicts, pr.Leftovers
 			if err != nil {
 				t.Fatalf("InspectPolicyRouting: %v", err)
 			}
@@ -197,7 +199,9 @@ func TestSecondInstanceKeepsRouting(t *testing.T) {
 	}
 	inspect := func(cfg Config) (conflicts, leftovers []string) {
 		var err error
-		ns.do(t, func() { conflicts, leftovers, err = InspectPolicyRouting(cfg) })
+		var pr PolicyRouting
+		ns.do(t, func() { pr, err = InspectPolicyRouting(cfg) })
+		conflicts, leftovers = pr.Conflicts, pr.Leftovers
 		if err != nil {
 			t.Fatalf("InspectPolicyRouting: %v", err)
 		}

@@ -51,26 +51,23 @@ func report(w io.Writer, ok bool, what, fix string) bool {
 // checkRouting reports whether the fwmark and the route table are free for
 // ftpgate's policy routing.
 func checkRouting(w io.Writer, cfg nft.Config) bool {
-	conflicts, leftovers, err := nft.InspectPolicyRouting(cfg)
+	pr, err := nft.InspectPolicyRouting(cfg)
 	if err != nil {
 		return report(w, false, "cannot read policy routing: "+err.Error(), "run on Linux with rtnetlink (ip rule, ip route work)")
 	}
 	ok := true
-	for _, c := range conflicts {
+	for _, c := range pr.Conflicts {
 		ok = report(w, false, c, nft.RoutingConflictFix(cfg))
 	}
-	if len(leftovers) > 0 {
-		// Checked on a running gateway, they are its own: deleting them
-		// would black-hole every intercepted connection.
-		if running, err := nft.Running(cfg); err == nil && running {
-			report(w, true, "policy routing in place, held by the running ftpgate: "+strings.Join(leftovers, "; "), "")
-			return ok
-		}
+	if len(pr.Held) > 0 {
+		// Checked on a running gateway, they are its own.
+		report(w, true, "policy routing in place, held by the running ftpgate: "+strings.Join(pr.Held, "; "), "")
+		return ok
 	}
-	for _, l := range leftovers {
+	for _, l := range pr.Leftovers {
 		fmt.Fprintf(w, "warn %s: ftpgate's policy routing (tagged proto 70): left by an ftpgate that was killed (a running one's would be a conflict above); ftpgate replaces it at start and deletes it on exit\n", l)
 	}
-	if ok && len(leftovers) == 0 {
+	if ok && len(pr.Leftovers) == 0 {
 		report(w, true, fmt.Sprintf("policy routing: no ip rule uses fwmark %#x, route table %d is empty", cfg.FWMark, cfg.RouteTable), "")
 	}
 	return ok

@@ -141,13 +141,11 @@ func runCmd(args []string) error {
 	}
 
 	if ncfg.Intercept {
-		// nft.New replaces these (and refuses someone else's); say so. Not
-		// when an ftpgate with this table runs: they are its own, and
-		// nft.New refuses to start a second one.
-		running, _ := nft.Running(ncfg)
-		if _, leftovers, err := nft.InspectPolicyRouting(ncfg); err == nil && len(leftovers) > 0 && !running {
+		// nft.New replaces these (and refuses someone else's, or a second
+		// ftpgate's); say so.
+		if pr, err := nft.InspectPolicyRouting(ncfg); err == nil && len(pr.Leftovers) > 0 {
 			log.Warn("ftpgate's policy routing is already there, left by an earlier run that was killed: replacing it; it is deleted on exit",
-				"found", strings.Join(leftovers, "; "))
+				"found", strings.Join(pr.Leftovers, "; "))
 		}
 	}
 	fw, err = nft.New(ncfg, log)
