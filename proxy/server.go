@@ -255,6 +255,7 @@ func clientKey(a netip.Addr) netip.Addr {
 func (s *Server) newSession(c net.Conn, self netip.AddrPort) *session {
 	cfg := s.config()
 	client := addrPortOf(c.RemoteAddr()).Addr()
+	key := clientKey(client)
 	s.mu.Lock()
 	var reason Reason
 	switch {
@@ -262,7 +263,7 @@ func (s *Server) newSession(c net.Conn, self netip.AddrPort) *session {
 		reason = ReasonShutdown
 	case len(s.sessions) >= cfg.MaxSessions:
 		reason = ReasonMaxSessions
-	case s.byClient[clientKey(client)] >= cfg.MaxSessionsPerClient:
+	case s.byClient[key] >= cfg.MaxSessionsPerClient:
 		reason = ReasonMaxPerClient
 	}
 	if reason != "" {
@@ -277,7 +278,7 @@ func (s *Server) newSession(c net.Conn, self netip.AddrPort) *session {
 	s.nextID++
 	sess := newSession(s, cfg, s.nextID, c, self)
 	s.sessions[sess] = struct{}{}
-	s.byClient[clientKey(client)]++
+	s.byClient[key]++
 	s.wg.Add(1)
 	s.mu.Unlock()
 	return sess

@@ -901,19 +901,12 @@ func (s *session) refuseServerLine(line string) {
 	s.refused(ReasonSyntax, "server line is not a reply", "line", truncate(line))
 }
 
-func (s *session) writeClient(line string) {
-	s.mu.Lock()
-	s.writeClientLocked(line)
-	s.mu.Unlock()
-}
-
 // finishReply handles the last line of a reply: pairs it with the pending
 // command, acts on 227/229 and passes it on. It returns true when the server
 // accepted AUTH in passthrough mode: the channel is encrypted from then on.
 func (s *session) finishReply(code int, line string) bool {
 	s.cfg.Observer.Reply(code)
 	s.mu.Lock()
-	s.flushClientLocked() // the reply's earlier lines need not wait for the firewall
 	if len(s.pending) == 0 {
 		// Nothing asked for it: passing it on would desynchronise the client.
 		s.mu.Unlock()
@@ -929,8 +922,12 @@ func (s *session) finishReply(code int, line string) bool {
 		return false
 	}
 	head := s.pending[0]
+	closeOpening := head.opening != nil && code >= 300
+	if closeOpening || code == 227 || code == 229 {
+		s.flushClientLocked() // the reply's earlier lines need not wait for the firewall
+	}
 	s.mu.Unlock()
-	if head.opening != nil && code >= 300 {
+	if closeOpening {
 		// The server will not connect: the opening (and its port) is free.
 		head.opening.Close()
 		s.log.Debug("opening closed: the server refused the command", "verb", head.verb, "code", code)
