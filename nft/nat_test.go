@@ -209,6 +209,20 @@ func isDone(p proxy.Pinhole) bool {
 	}
 }
 
+// expectNATUsed: NAT pinhole p of flow f was reported used, is done and no
+// longer active, and its elements leave the kernel.
+func expectNATUsed(t *testing.T, rec *ended, fw *Firewall, p proxy.Pinhole, gw *testNS, f proxy.Flow) {
+	t.Helper()
+	if got := rec.wait(t, 10*time.Second); !got.used || got.f != f {
+		t.Errorf("OnPinholeEnd(%v, %v), want (%v, true)", got.f, got.used, f)
+	}
+	waitDone(t, p, time.Second)
+	if fw.Active() != 0 {
+		t.Errorf("Active() = %d after use, want 0", fw.Active())
+	}
+	waitNoElements(t, gw, f, 5*time.Second)
+}
+
 func waitDone(t *testing.T, p proxy.Pinhole, d time.Duration) {
 	t.Helper()
 	select {
@@ -322,15 +336,8 @@ func TestNATPinholeTraffic(t *testing.T) {
 			}
 			echo(t, conn)
 
-			if got := rec.wait(t, 10*time.Second); !got.used || got.f != f {
-				t.Errorf("OnPinholeEnd(%v, %v), want (%v, true)", got.f, got.used, f)
-			}
-			waitDone(t, p, time.Second)
-			if fw.Active() != 0 {
-				t.Errorf("Active() = %d after use, want 0", fw.Active())
-			}
 			// The kernel consumed the key; the janitor removes the data.
-			waitNoElements(t, gw, f, 5*time.Second)
+			expectNATUsed(t, rec, fw, p, gw, f)
 			if err := p.Close(); err != nil {
 				t.Errorf("Close after use: %v", err)
 			}
@@ -792,14 +799,7 @@ func TestNATPinholeLocalServer(t *testing.T) {
 			}
 			echo(t, conn) // through the input filter: the connection is marked
 
-			if got := rec.wait(t, 10*time.Second); !got.used || got.f != f {
-				t.Errorf("OnPinholeEnd(%v, %v), want (%v, true)", got.f, got.used, f)
-			}
-			waitDone(t, p, time.Second)
-			if fw.Active() != 0 {
-				t.Errorf("Active() = %d after use, want 0", fw.Active())
-			}
-			waitNoElements(t, gw, f, 5*time.Second)
+			expectNATUsed(t, rec, fw, p, gw, f)
 
 			expectOneShot(t, dialNS, from, gwAddr, accepted)
 

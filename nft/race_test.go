@@ -27,13 +27,7 @@ func TestRacedConnectionCut(t *testing.T) {
 	ns := newNS(t, "race")
 	rec := newEnded()
 	fw := newFirewall(t, ns, Config{OnPinholeEnd: rec.hook})
-	var ctc *conntrack.Conn
-	var err error
-	ns.do(t, func() { ctc, err = conntrack.Dial(nil) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctc.Close()
+	ctc := dialConntrack(t, ns)
 	src, dst := netip.MustParseAddr("10.77.0.1"), netip.MustParseAddr("10.77.0.2")
 	f := flow("10.77.0.1", "10.77.0.2:5000")
 	conn := func(sport, dport uint16) conntrack.Flow {
@@ -95,13 +89,7 @@ func TestRacedConnectionCutInZone(t *testing.T) {
 		}
 	})
 	defer fw.Close()
-	var ctc *conntrack.Conn
-	var err error
-	ns.do(t, func() { ctc, err = conntrack.Dial(nil) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ctc.Close()
+	ctc := dialConntrack(t, ns)
 	src, dst := netip.MustParseAddr("10.77.0.1"), netip.MustParseAddr("10.77.0.2")
 	if _, err := fw.Open(context.Background(), flow("10.77.0.1", "10.77.0.2:5000"), time.Minute); err != nil {
 		t.Fatal(err)
@@ -233,4 +221,17 @@ func ctExists(t *testing.T, ctc *conntrack.Conn, c conntrack.Flow) bool {
 		t.Fatal(err)
 	}
 	return err == nil
+}
+
+// dialConntrack opens a conntrack netlink socket in ns, closed with t.
+func dialConntrack(t *testing.T, ns *testNS) *conntrack.Conn {
+	t.Helper()
+	var ctc *conntrack.Conn
+	var err error
+	ns.do(t, func() { ctc, err = conntrack.Dial(nil) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ctc.Close() })
+	return ctc
 }
