@@ -248,7 +248,7 @@ type DaemonRow struct {
 	// OverRelayUs is CPU per session above the plain relay's at the same
 	// concurrency (ftpgate rows, when setup (e) ran): what ftpgate's own
 	// work costs beyond relaying lines.
-	OverRelayUs float64 `json:"cpu_per_session_over_relay_us,omitempty"`
+	OverRelayUs *float64 `json:"cpu_per_session_over_relay_us,omitempty"`
 }
 
 // IdleResult is the idle-session memory figure.
@@ -1372,13 +1372,14 @@ func (b *benchRun) summarise() {
 	}
 	relayCPU := map[int]float64{}
 	for _, r := range rep.Daemon {
-		if r.Setup == setupRelay && r.Sessions > 0 {
+		if r.Setup == setupRelay && r.CPUPerSessUs > 0 { // a ratio base: not a tick-less cell
 			relayCPU[r.Concurrency] = r.CPUPerSessUs
 		}
 	}
 	for i, r := range rep.Daemon {
 		if base, ok := relayCPU[r.Concurrency]; ok && r.Setup != setupRelay && r.Sessions > 0 {
-			rep.Daemon[i].OverRelayUs = math.Round(10*(r.CPUPerSessUs-base)) / 10
+			over := math.Round(r.CPUPerSessUs-base) + 0 // + 0: no "-0"
+			rep.Daemon[i].OverRelayUs = &over
 		}
 	}
 
@@ -1503,17 +1504,11 @@ func (b *benchRun) table() string {
 			}
 			fmt.Fprintf(&w, "%-26s %5s %9d %12.1f %9.1f %10.1f %9s %12s %17s %8s\n", setupTitle[r.Setup], conc, r.Sessions, r.CPUPerSessUs, r.UserPerSessUs, r.CtxSwPerSess, opens, p50, p99, errs)
 		}
-		var relay *DaemonRow
-		for i, r := range rep.Daemon {
-			if r.Setup == setupRelay && r.Concurrency == 0 && r.Sessions > 0 {
-				relay = &rep.Daemon[i]
-			}
-		}
 		for _, r := range rep.Daemon {
-			if relay != nil && r.Setup != setupRelay && r.Concurrency == 0 && r.Sessions > 0 {
-				over := math.Round(r.CPUPerSessUs-relay.CPUPerSessUs) + 0 // + 0: no "-0"
+			if r.Concurrency == 0 && r.OverRelayUs != nil {
+				over := *r.OverRelayUs
 				fmt.Fprintf(&w, "%s: %+.0f µs CPU per session above the plain relay (%+.0f %%)\n", setupTitle[r.Setup], over,
-					100*over/relay.CPUPerSessUs)
+					100*over/(r.CPUPerSessUs-over))
 			}
 		}
 	}
