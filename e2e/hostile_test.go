@@ -53,9 +53,11 @@ type scriptServer struct {
 func startScriptServer(t *testing.T, l *Lab, greet string, answer func(string) string) *scriptServer {
 	t.Helper()
 	s := &scriptServer{greet: greet, answer: answer, done: make(chan struct{})}
-	// The previous subtest's listener is closed, but on a busy machine the
-	// kernel can refuse the port for a moment longer (seen on 2-core CI runs,
-	// not reproduced alone): retry briefly.
+	// The previous subtest's listener is closed, but the port can stay taken
+	// a moment longer (seen on 2-core CI runs, not alone): a process forked
+	// meanwhile by another test (ip, nft, a client) holds a copy of every
+	// descriptor until its exec closes the close-on-exec ones, and while it
+	// does, closing ours leaves the socket listening. Retry briefly.
 	var err error
 	for try := 0; try < 50; try++ {
 		err = l.Server.Do(func() error {
