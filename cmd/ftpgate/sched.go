@@ -48,7 +48,7 @@ func setNice(n int) error {
 	if err != nil {
 		hint := ""
 		if err == unix.EACCES || err == unix.EPERM {
-			hint = " — a negative nice value needs CAP_SYS_NICE; under systemd set Nice= in the unit instead"
+			hint = " — a nice value below the current one needs CAP_SYS_NICE; under systemd set Nice= in the unit instead"
 		}
 		return fmt.Errorf("--nice %d: %w%s", n, err, hint)
 	}
