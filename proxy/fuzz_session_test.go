@@ -26,7 +26,9 @@ var (
 // server greets and then sends fromServer; it returns the flows opened.
 func runScripted(t testing.TB, mode Mode, fromClient, fromServer []byte) []Flow {
 	gate := &fakeGate{}
-	srv := NewServer(Config{Mode: mode, IdleTimeout: time.Second, PassivePorts: PortRange{50000, 50010}}, gate)
+	// No script waits for the idle timeout; a short one could expire in a
+	// stall between extending the deadline and reading data already there.
+	srv := NewServer(Config{Mode: mode, IdleTimeout: time.Minute, PassivePorts: PortRange{50000, 50010}}, gate)
 	srvEnd, proxyUp := net.Pipe()
 	srv.dial = func(*session) (net.Conn, error) {
 		return addrConn{proxyUp, netip.MustParseAddrPort("10.77.2.1:33000"), fuzzServer}, nil

@@ -19,9 +19,15 @@ import (
 type redialObserver struct {
 	nopObserver
 	redials, upstreamErrors atomic.Int32
+	onRedial                func() // when set, called on UpstreamRedial: just before the second dial
 }
 
-func (o *redialObserver) UpstreamRedial() { o.redials.Add(1) }
+func (o *redialObserver) UpstreamRedial() {
+	o.redials.Add(1)
+	if o.onRedial != nil {
+		o.onRedial()
+	}
+}
 
 func (o *redialObserver) Refused(r Reason) {
 	if r == ReasonUpstream {
@@ -29,15 +35,17 @@ func (o *redialObserver) Refused(r Reason) {
 	}
 }
 
-// greetingServer accepts connections and greets the n-th (from 0) after
-// delays[n]; a negative delay, or no entry, means never.
-func greetingServer(t *testing.T, delays ...time.Duration) net.Listener {
+// greetingServer accepts connections and greets the n-th (from 0) once
+// greet[n] is closed: at once if it is nil, never if there is no entry or
+// nobody closes it.
+func greetingServer(t *testing.T, greet ...<-chan struct{}) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	stop := make(chan struct{}) // ends the greeters still waiting
+	t.Cleanup(func() { ln.Close(); close(stop) })
 	go func() {
 		for n := 0; ; n++ {
 			c, err := ln.Accept()
@@ -45,13 +53,19 @@ func greetingServer(t *testing.T, delays ...time.Duration) net.Listener {
 				return
 			}
 			t.Cleanup(func() { c.Close() })
-			if n >= len(delays) || delays[n] < 0 {
+			if n >= len(greet) {
 				continue
 			}
-			go func(n int, d time.Duration) {
-				time.Sleep(d)
+			go func(n int, ready <-chan struct{}) {
+				if ready != nil {
+					select {
+					case <-ready:
+					case <-stop:
+						return
+					}
+				}
 				c.Write([]byte("220 connection " + string(rune('0'+n)) + "\r\n"))
-			}(n, delays[n])
+			}(n, greet[n])
 		}
 	}()
 	return ln
@@ -59,10 +73,12 @@ func greetingServer(t *testing.T, delays ...time.Duration) net.Listener {
 
 // greetingOf runs one session against the server at sln and returns the
 // first line the client gets, the observer's counts and the log. The dials
-// numbered in failDials (from 0) fail without connecting.
-func greetingOf(t *testing.T, sln net.Listener, cfg Config, failDials ...int) (string, *redialObserver, string) {
+// numbered in failDials (from 0) fail without connecting; onRedial, if not
+// nil, is the observer's hook.
+func greetingOf(t *testing.T, sln net.Listener, cfg Config, onRedial func(), failDials ...int) (string, *redialObserver, string) {
 	t.Helper()
 	srv, obs, logs := observedServer(cfg)
+	obs.onRedial = onRedial
 	var dials atomic.Int32
 	srv.dial = func(s *session) (net.Conn, error) {
 		if slices.Contains(failDials, int(dials.Add(1)-1)) {
@@ -113,19 +129,30 @@ func TestGreetingSecondDialRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Events, not delays: the second dial comes after the listener closed,
+	// and the greeting after the session decided to redial.
+	closed, redialed, done := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	defer close(done)
 	go func() {
 		c, err := sln.Accept()
 		sln.Close()
+		close(closed)
 		if err != nil {
 			return
 		}
 		defer c.Close()
-		time.Sleep(400 * time.Millisecond)
+		select {
+		case <-redialed:
+		case <-done:
+			return
+		}
 		c.Write([]byte("220 late\r\n"))
-		time.Sleep(time.Second)
+		<-done
 	}()
+	// DialTimeout only bounds a failure.
 	srv, obs, logs := observedServer(Config{Mode: Reverse, Upstream: sln.Addr().String(),
-		DialTimeout: time.Second, GreetingRedial: 100 * time.Millisecond})
+		DialTimeout: 10 * time.Second, GreetingRedial: 100 * time.Millisecond})
+	obs.onRedial = func() { close(redialed); <-closed }
 	got := firstLine(t, srv)
 	if got != "220 late" || obs.redials.Load() != 1 || obs.upstreamErrors.Load() != 0 {
 		t.Errorf("client got %q after %d redials, %d upstream_error refusals; want \"220 late\" after 1, 0\n%s",
@@ -136,27 +163,56 @@ func TestGreetingSecondDialRefused(t *testing.T) {
 	}
 }
 
+// When a connection of TestGreetingRedial's server greets.
+type greetWhen int
+
+const (
+	greetAtOnce      greetWhen = iota
+	greetNever                 // until the test ends
+	greetAfterRedial           // once the session has decided to redial: certainly late
+)
+
 func TestGreetingRedial(t *testing.T) {
+	// Where a greeting comes, DialTimeout only bounds a failure; where none
+	// does, the 421 names it.
+	var (
+		prompt = Config{DialTimeout: 10 * time.Second, GreetingRedial: 5 * time.Second}
+		greets = Config{DialTimeout: 10 * time.Second, GreetingRedial: 100 * time.Millisecond}
+		silent = Config{DialTimeout: time.Second, GreetingRedial: 100 * time.Millisecond}
+	)
 	tests := []struct {
 		name      string
-		delays    []time.Duration // of the connections the server accepts
+		cfg       Config
+		greet     []greetWhen // of the connections the server accepts; none for the others
 		failDials []int
 		want      string
 		redials   int32
 		refusals  int32 // upstream_error
 	}{
-		{"prompt server: one connection", []time.Duration{0}, nil, "220 connection 0", 0, 0},
-		{"first handshake lost: the second connection greets", []time.Duration{-1, 0}, nil, "220 connection 1", 1, 0},
-		{"slow but live first connection keeps its session", []time.Duration{400 * time.Millisecond, -1}, nil, "220 connection 0", 1, 0},
-		{"second dial fails, the slow first greets: no refusal", []time.Duration{400 * time.Millisecond}, []int{1}, "220 connection 0", 1, 0},
-		{"first dial fails: refused once", nil, []int{0}, "421 ftpgate: cannot reach the FTP server (test)", 0, 1},
-		{"neither greets: 421", nil, nil, "421 ftpgate: the FTP server sent no greeting within 1s", 1, 1},
-		{"silent first, failed second: one refusal", nil, []int{1}, "421 ftpgate: the FTP server sent no greeting within 1s", 1, 1},
+		{"prompt server: one connection", prompt, []greetWhen{greetAtOnce}, nil, "220 connection 0", 0, 0},
+		{"first handshake lost: the second connection greets", greets, []greetWhen{greetNever, greetAtOnce}, nil, "220 connection 1", 1, 0},
+		{"slow but live first connection keeps its session", greets, []greetWhen{greetAfterRedial, greetNever}, nil, "220 connection 0", 1, 0},
+		{"second dial fails, the slow first greets: no refusal", greets, []greetWhen{greetAfterRedial}, []int{1}, "220 connection 0", 1, 0},
+		{"first dial fails: refused once", silent, nil, []int{0}, "421 ftpgate: cannot reach the FTP server (test)", 0, 1},
+		{"neither greets: 421", silent, nil, nil, "421 ftpgate: the FTP server sent no greeting within 1s", 1, 1},
+		{"silent first, failed second: one refusal", silent, nil, []int{1}, "421 ftpgate: the FTP server sent no greeting within 1s", 1, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			sln := greetingServer(t, tc.delays...)
-			got, obs, logs := greetingOf(t, sln, Config{DialTimeout: time.Second, GreetingRedial: 100 * time.Millisecond}, tc.failDials...)
+			redialed := make(chan struct{})
+			var greet []<-chan struct{}
+			for _, w := range tc.greet {
+				switch w {
+				case greetAtOnce:
+					greet = append(greet, nil)
+				case greetNever:
+					greet = append(greet, make(chan struct{}))
+				case greetAfterRedial:
+					greet = append(greet, redialed)
+				}
+			}
+			sln := greetingServer(t, greet...)
+			got, obs, logs := greetingOf(t, sln, tc.cfg, func() { close(redialed) }, tc.failDials...)
 			if got != tc.want || obs.redials.Load() != tc.redials || obs.upstreamErrors.Load() != tc.refusals {
 				t.Errorf("client got %q after %d redials, %d upstream_error refusals; want %q after %d, %d\n%s",
 					got, obs.redials.Load(), obs.upstreamErrors.Load(), tc.want, tc.redials, tc.refusals, logs)
@@ -182,7 +238,7 @@ func TestGreetingServerClosesAtOnce(t *testing.T) {
 			c.Close()
 		}
 	}()
-	got, obs, _ := greetingOf(t, sln, Config{DialTimeout: 5 * time.Second, GreetingRedial: 2 * time.Second})
+	got, obs, _ := greetingOf(t, sln, Config{DialTimeout: 5 * time.Second, GreetingRedial: 2 * time.Second}, nil)
 	if redials := obs.redials.Load(); !strings.HasPrefix(got, "421 ftpgate: the FTP server closed") || redials != 0 {
 		t.Errorf("client got %q after %d redials; want the server-closed 421 and no redial", got, redials)
 	}

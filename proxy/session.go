@@ -539,6 +539,15 @@ func (s *session) authPassthrough(verb, line string, r *LineReader) bool {
 // unnoticed: a server that does not answer within the idle timeout ends the
 // session (answered false, as when the session ends otherwise).
 func (s *session) awaitAuthReply() (accepted, answered bool) {
+	// mu is held; pending is empty only once AUTH's reply is in authDone.
+	authAtHead := func() bool { return len(s.pending) == 0 || s.pending[0].verb == "AUTH" }
+	// The server's time to answer AUTH begins when AUTH reaches the head of
+	// pending: when the wait starts, or between two ticks of the timer. The
+	// first tick that finds it there starts a full idle timeout; only the
+	// next one ends the wait.
+	s.mu.Lock()
+	atHead := authAtHead()
+	s.mu.Unlock()
 	timer := time.NewTimer(s.cfg.IdleTimeout)
 	defer timer.Stop()
 	for {
@@ -556,9 +565,11 @@ func (s *session) awaitAuthReply() (accepted, answered bool) {
 			return accepted, true
 		default:
 		}
-		if len(s.pending) > 0 && s.pending[0].verb != "AUTH" {
-			// The server is still answering commands sent before AUTH:
-			// its time to answer AUTH has not begun.
+		if head := authAtHead(); !head || !atHead {
+			// The server is still answering commands sent before AUTH, or
+			// has answered them since the last tick: its time to answer
+			// AUTH has not begun, or not run for a full idle timeout.
+			atHead = head
 			s.mu.Unlock()
 			timer.Reset(s.cfg.IdleTimeout)
 			continue

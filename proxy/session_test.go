@@ -190,6 +190,20 @@ func newHarness(t *testing.T, greet string, respond func(string) string) *harnes
 
 func newHarnessConfig(t *testing.T, cfg Config, greet string, respond func(string) string) *harness {
 	t.Helper()
+	return startHarness(t, cfg, greet, respond, nil)
+}
+
+// newHarnessEarly is newHarnessConfig whose client sends the early lines
+// before it reads the greeting: they wait in the socket when the session
+// starts reading commands, so no idle timeout can pass before they come,
+// however late the test goroutine runs.
+func newHarnessEarly(t *testing.T, cfg Config, respond func(string) string, early ...string) *harness {
+	t.Helper()
+	return startHarness(t, cfg, "", respond, early)
+}
+
+func startHarness(t *testing.T, cfg Config, greet string, respond func(string) string, early []string) *harness {
+	t.Helper()
 	h := &harness{t: t, gate: &fakeGate{}, logs: &syncBuffer{}}
 	sln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -225,6 +239,9 @@ func newHarnessConfig(t *testing.T, cfg Config, greet string, respond func(strin
 		srv.Close()
 		sln.Close()
 	})
+	if len(early) > 0 {
+		h.send(early...)
+	}
 	h.expect("220 ")
 	return h
 }
@@ -512,18 +529,9 @@ func TestSessionEndRevokesPinholes(t *testing.T) {
 	h.expect("227 ")
 	h.send("QUIT")
 	h.expect("221 ")
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		h.gate.mu.Lock()
-		closed := h.gate.closed
-		h.gate.mu.Unlock()
-		if closed == 1 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("closed %d pinholes at session end, want 1", closed)
-		}
-		time.Sleep(10 * time.Millisecond)
+	closed := func() int { h.gate.mu.Lock(); defer h.gate.mu.Unlock(); return h.gate.closed }
+	if !eventually(func() bool { return closed() == 1 }) {
+		t.Fatalf("closed %d pinholes at session end, want 1", closed())
 	}
 }
 
@@ -604,8 +612,8 @@ func TestSessionReverseRewrites(t *testing.T) {
 // but never greets gets the client a 421 within the connect timeout, not a
 // hang; once it greeted, slow replies are fine.
 func TestSessionServerSilentAfterConnect(t *testing.T) {
-	// Accepted, never written to (greetingServer with no delays).
-	line, _, logs := greetingOf(t, greetingServer(t), Config{DialTimeout: 300 * time.Millisecond})
+	// Accepted, never written to (greetingServer with no greetings).
+	line, _, logs := greetingOf(t, greetingServer(t), Config{DialTimeout: 300 * time.Millisecond}, nil)
 	if !strings.HasPrefix(line, "421 ftpgate: the FTP server sent no greeting") {
 		t.Fatalf("client got %q; want a 421 about the missing greeting", line)
 	}
@@ -613,9 +621,11 @@ func TestSessionServerSilentAfterConnect(t *testing.T) {
 		t.Errorf("no upstream_error refusal logged:\n%s", logs)
 	}
 
-	h := newHarnessConfig(t, Config{DialTimeout: 200 * time.Millisecond}, "", func(cmd string) string {
+	// DialTimeout generous enough for the fake server to greet within it
+	// whatever the scheduler does, and NOOP answered after it has passed.
+	h := newHarnessConfig(t, Config{DialTimeout: 2 * time.Second}, "", func(cmd string) string {
 		if cmd == "NOOP" {
-			time.Sleep(500 * time.Millisecond)
+			time.Sleep(2500 * time.Millisecond)
 		}
 		return defaultRespond(cmd)
 	})

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,15 +55,15 @@ func TestSessionServerClosesDuringAUTH(t *testing.T) {
 
 // A server that never answers AUTH (TLS passthrough) does not pin the
 // session: nobody reads the client meanwhile, so even a client that left
-// would go unnoticed. The idle timeout ends the wait.
+// would go unnoticed. The idle timeout ends the wait. (AUTH is sent early:
+// the client's idle timeout must not end the session before AUTH comes.)
 func TestSessionServerSilentOnAUTH(t *testing.T) {
-	h := newHarnessConfig(t, Config{TLS: TLSPassthrough, IdleTimeout: 200 * time.Millisecond}, "", func(cmd string) string {
+	h := newHarnessEarly(t, Config{TLS: TLSPassthrough, IdleTimeout: 200 * time.Millisecond}, func(cmd string) string {
 		if cmd == "AUTH TLS" {
 			return "" // never answered
 		}
 		return defaultRespond(cmd)
-	})
-	h.send("AUTH TLS")
+	}, "AUTH TLS")
 	h.expect("421 ftpgate: the FTP server did not answer AUTH")
 	h.expectEOF()
 	if !sessionsReach(h.srv, 0) {
@@ -74,9 +75,10 @@ func TestSessionServerSilentOnAUTH(t *testing.T) {
 }
 
 // AUTH pipelined behind a slow command: the wait for AUTH's reply starts
-// when the server has answered what came before it.
+// when the server has answered what came before it. All is sent early, NOOP
+// too: no idle timeout of the client's may run out between the lines.
 func TestSessionAUTHBehindSlowCommand(t *testing.T) {
-	h := newHarnessConfig(t, Config{TLS: TLSPassthrough, IdleTimeout: 250 * time.Millisecond}, "", func(cmd string) string {
+	h := newHarnessEarly(t, Config{TLS: TLSPassthrough, IdleTimeout: 250 * time.Millisecond}, func(cmd string) string {
 		switch cmd {
 		case "STAT":
 			time.Sleep(800 * time.Millisecond) // longer than the idle timeout
@@ -85,12 +87,44 @@ func TestSessionAUTHBehindSlowCommand(t *testing.T) {
 			return "534 not here\r\n"
 		}
 		return defaultRespond(cmd)
-	})
-	h.send("STAT", "AUTH TLS")
+	}, "STAT", "AUTH TLS", "NOOP")
 	h.expect("211 ")
 	h.expect("534 ")
-	h.send("NOOP")
 	h.expect("200 ")
+}
+
+// AUTH behind a slow command, never answered: once the command is answered,
+// AUTH still gets a full idle timeout, not just what is left of one that
+// began when AUTH was sent.
+func TestSessionAUTHTimeoutAfterSlowCommand(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	release := make(chan struct{})
+	answer := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(answer)
+	h := newHarnessEarly(t, Config{TLS: TLSPassthrough, IdleTimeout: idle}, func(cmd string) string {
+		switch cmd {
+		case "STAT":
+			<-release
+			return "211 status\r\n"
+		case "AUTH TLS":
+			return "" // never answered
+		}
+		return defaultRespond(cmd)
+	}, "STAT", "AUTH TLS")
+	// Answer STAT between two idle timeouts counted from AUTH's forward,
+	// where the old wait ended after half of one. Only that failure needs
+	// the timing: stalls can only lengthen the time measured below.
+	time.Sleep(idle * 3 / 2)
+	answered := time.Now()
+	answer()
+	h.expect("211 ")
+	h.expect("421 ftpgate: the FTP server did not answer AUTH")
+	if d := time.Since(answered); d < idle {
+		t.Fatalf("the wait for AUTH ended %v after STAT was answered, want at least the idle timeout %v", d, idle)
+	}
+	if !waitLog(h, "result=auth_timeout") { // at the session's end, after the 421
+		t.Fatalf("no auth_timeout logged:\n%s", h.logs.String())
+	}
 }
 
 // A client pipelining commands while the server does not answer is cut off
@@ -428,17 +462,28 @@ func TestSessionOverLongReplyLine(t *testing.T) {
 // stuck writing to a client that does not read (for writeTimeout, 30 s).
 func TestSnapshotWithBlockedWriter(t *testing.T) {
 	h := floodClient(t)
-	for range 20 { // the buffers fill within a second or so
-		time.Sleep(100 * time.Millisecond)
+	snapshot := func() []SessionInfo {
 		got := make(chan []SessionInfo, 1)
 		go func() { got <- h.srv.Snapshot() }()
 		select {
 		case infos := <-got:
-			if len(infos) != 1 || infos[0].Commands != 1 || infos[0].Pending != 1 || infos[0].Server != "127.0.0.1" {
-				t.Fatalf("Snapshot = %+v, want the session with STAT pending", infos)
-			}
-		case <-time.After(time.Second):
+			return infos
+		case <-time.After(10 * time.Second): // a blocked write lasts writeTimeout, 30 s
 			t.Fatal("Snapshot waited for the blocked write")
+			return nil
+		}
+	}
+	statPending := func(infos []SessionInfo) bool {
+		return len(infos) == 1 && infos[0].Commands == 1 && infos[0].Pending == 1 && infos[0].Server == "127.0.0.1"
+	}
+	// The session reads and forwards STAT on its own goroutine.
+	if !eventually(func() bool { return statPending(snapshot()) }) {
+		t.Fatalf("Snapshot = %+v, want the session with STAT pending", snapshot())
+	}
+	for range 20 { // the buffers fill within a second or so
+		time.Sleep(100 * time.Millisecond)
+		if infos := snapshot(); !statPending(infos) {
+			t.Fatalf("Snapshot = %+v, want the session with STAT pending", infos)
 		}
 	}
 }

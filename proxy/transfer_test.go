@@ -3,7 +3,6 @@ package proxy
 import (
 	"strings"
 	"testing"
-	"time"
 )
 
 func TestSizeFrom150(t *testing.T) {
@@ -49,12 +48,7 @@ func TestSessionLogsTransfers(t *testing.T) {
 	}
 }
 
+// waitLog waits until the session log contains s; false if it never does.
 func waitLog(h *harness, s string) bool {
-	for range 100 {
-		if strings.Contains(h.logs.String(), s) {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return false
+	return eventually(func() bool { return strings.Contains(h.logs.String(), s) })
 }
