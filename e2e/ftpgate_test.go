@@ -349,7 +349,9 @@ func TestTransparentPinholeLifecycle(t *testing.T) {
 	requireLabEnv(t)
 	requireFtpgate(t)
 	t.Parallel()
-	l, _, g := newGatewayLab(t, "--pinhole-timeout", "2s")
+	// Long enough for exec'ing nft on a loaded machine, short enough to
+	// wait for expiry.
+	l, _, g := newGatewayLab(t, "--pinhole-timeout", "5s")
 	c := dialControl(t, l, l.ServerIP4)
 
 	dial := func(ap netip.AddrPort) error {
@@ -380,7 +382,7 @@ func TestTransparentPinholeLifecycle(t *testing.T) {
 	if l.Elements(t, "pin4") == "" {
 		t.Fatal("no pinhole after the second PASV")
 	}
-	if !waitFor(5*time.Second, func() bool { return l.Elements(t, "pin4") == "" }) {
+	if !waitFor(10*time.Second, func() bool { return l.Elements(t, "pin4") == "" }) {
 		t.Fatalf("pinhole did not expire: {%s}", l.Elements(t, "pin4"))
 	}
 	if err := dial(ap); err == nil {
@@ -399,7 +401,8 @@ func TestTransparentPinholeLifecycle(t *testing.T) {
 	expired, revoked := g.Metric(t, expiredSeries), g.Metric(t, revokedSeries)
 	parse227(t, c.cmd("PASV", "227"))
 	c.cmd("QUIT", "221")
-	if !waitFor(time.Second, func() bool { return l.Elements(t, "pin4") == "" }) {
+	// Well inside the 5s timeout, so only a revocation can pass.
+	if !waitFor(3*time.Second, func() bool { return l.Elements(t, "pin4") == "" }) {
 		t.Errorf("the opening of an ended session is still there: {%s}", l.Elements(t, "pin4"))
 	}
 	if !waitFor(5*time.Second, func() bool { return g.Metric(t, revokedSeries) == revoked+1 }) {

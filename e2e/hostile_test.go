@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -44,10 +45,11 @@ type scriptServer struct {
 	ln     net.Listener
 	greet  string
 	answer func(cmd string) string
-	write  func(c *net.TCPConn, s string)
-	mu     sync.Mutex
-	got    []string
-	done   chan struct{} // closed when the accept loop has returned
+	// write is changed while serve goroutines run; nil writes as is.
+	write atomic.Pointer[func(c *net.TCPConn, s string)]
+	mu    sync.Mutex
+	got   []string
+	done  chan struct{} // closed when the accept loop has returned
 }
 
 func startScriptServer(t *testing.T, l *Lab, greet string, answer func(string) string) *scriptServer {
@@ -94,8 +96,8 @@ func (s *scriptServer) Close() {
 }
 
 func (s *scriptServer) send(c *net.TCPConn, text string) {
-	if s.write != nil {
-		s.write(c, text)
+	if w := s.write.Load(); w != nil {
+		(*w)(c, text)
 	} else {
 		c.Write([]byte(text))
 	}
@@ -166,18 +168,22 @@ func TestHostileServer(t *testing.T) {
 		cmd   string
 		want  string // reply code the client must get
 		opens int    // elements that must be open afterwards
+		// The server sends one reply nobody asked for: after the greeting
+		// when greet is set, else after the reply to cmd.
+		unsolicited bool
 	}{
-		{"unsolicited 227 after the greeting", "220 hi\r\n" + pasv, nil, "NOOP", "200", 0},
-		{"227 naming a third party", "", map[string]string{"PASV": "227 Entering Passive Mode (10,77,250,9,156,65).\r\n"}, "PASV", "425", 0},
-		{"227 naming port 22", "", map[string]string{"PASV": "227 Entering Passive Mode (" + at(22) + ").\r\n"}, "PASV", "425", 0},
-		{"229 naming port 23", "", map[string]string{"EPSV": "229 Entering Extended Passive Mode (|||23|)\r\n"}, "EPSV", "425", 0},
-		{"227 byte 256", "", map[string]string{"PASV": "227 Entering Passive Mode (" + strings.Replace(at(40001), ",156,", ",256,", 1) + ").\r\n"}, "PASV", "425", 0},
-		{"227 inside a multi-line 214", "", map[string]string{"HELP": "214-Help\r\n" + pasv + "214 Done\r\n"}, "HELP", "214", 0},
-		{"227 answering NOOP", "", map[string]string{"NOOP": pasv}, "NOOP", "451", 0},
-		{"227 text in an error reply", "", map[string]string{"PASV": "500 Entering Passive Mode (" + at(40001) + ").\r\n"}, "PASV", "500", 0},
-		{"PORT from the server", "", map[string]string{"NOOP": "PORT " + at(40001) + "\r\n200 ok\r\n"}, "NOOP", "200", 0},
-		{"duplicated 227", "", map[string]string{"PASV": pasv + pasv}, "PASV", "227", 1},
+		{"unsolicited 227 after the greeting", "220 hi\r\n" + pasv, nil, "NOOP", "200", 0, true},
+		{"227 naming a third party", "", map[string]string{"PASV": "227 Entering Passive Mode (10,77,250,9,156,65).\r\n"}, "PASV", "425", 0, false},
+		{"227 naming port 22", "", map[string]string{"PASV": "227 Entering Passive Mode (" + at(22) + ").\r\n"}, "PASV", "425", 0, false},
+		{"229 naming port 23", "", map[string]string{"EPSV": "229 Entering Extended Passive Mode (|||23|)\r\n"}, "EPSV", "425", 0, false},
+		{"227 byte 256", "", map[string]string{"PASV": "227 Entering Passive Mode (" + strings.Replace(at(40001), ",156,", ",256,", 1) + ").\r\n"}, "PASV", "425", 0, false},
+		{"227 inside a multi-line 214", "", map[string]string{"HELP": "214-Help\r\n" + pasv + "214 Done\r\n"}, "HELP", "214", 0, false},
+		{"227 answering NOOP", "", map[string]string{"NOOP": pasv}, "NOOP", "451", 0, false},
+		{"227 text in an error reply", "", map[string]string{"PASV": "500 Entering Passive Mode (" + at(40001) + ").\r\n"}, "PASV", "500", 0, false},
+		{"PORT from the server", "", map[string]string{"NOOP": "PORT " + at(40001) + "\r\n200 ok\r\n"}, "NOOP", "200", 0, false},
+		{"duplicated 227", "", map[string]string{"PASV": pasv + pasv}, "PASV", "227", 1, true},
 	}
+	const unsolicited = `ftpgate_refusals_total{reason="unsolicited_reply"}`
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			greet := tc.greet
@@ -191,8 +197,23 @@ func TestHostileServer(t *testing.T) {
 				return "200 ok\r\n"
 			})
 			defer s.Close()
+			// ftpgate finds a reply unsolicited when it reads it: a command
+			// sent before then would be paired with it. Wait for the count.
+			before := g.Metric(t, unsolicited)
+			settle := func() {
+				t.Helper()
+				if !waitFor(5*time.Second, func() bool { return g.Metric(t, unsolicited) > before }) {
+					t.Fatal("the unsolicited reply was not counted")
+				}
+			}
 			c := rawControl(t, l, srv, "220")
+			if tc.unsolicited && tc.greet != "" {
+				settle()
+			}
 			got := c.cmd(tc.cmd, tc.want)
+			if tc.unsolicited && tc.greet == "" {
+				settle()
+			}
 			c.cmd("SYST", "200") // the session goes on, replies in step
 			open := l.OpenElements(t)
 			if n := strings.Count(open, ":"); (tc.opens == 0 && open != "") || (tc.opens > 0 && strings.Count(open, ",")+1 != tc.opens) {
@@ -215,7 +236,7 @@ func TestHostileServer(t *testing.T) {
 		})
 		defer s.Close()
 		for i := 1; i < len(pasv); i++ {
-			s.write = func(c *net.TCPConn, text string) {
+			write := func(c *net.TCPConn, text string) {
 				if text != pasv {
 					c.Write([]byte(text))
 					return
@@ -225,6 +246,7 @@ func TestHostileServer(t *testing.T) {
 				time.Sleep(3 * time.Millisecond)
 				c.Write([]byte(text[i:]))
 			}
+			s.write.Store(&write)
 			c := rawControl(t, l, srv, "220")
 			c.cmd("PASV", "227")
 			open := l.OpenElements(t)
@@ -235,7 +257,7 @@ func TestHostileServer(t *testing.T) {
 			waitFor(5*time.Second, func() bool { return l.OpenElements(t) == "" })
 		}
 	})
-	if v := g.Metric(t, `ftpgate_refusals_total{reason="unsolicited_reply"}`); v < 2 {
+	if v := g.Metric(t, unsolicited); v < 2 {
 		t.Errorf("unsolicited replies counted %v times, want >= 2 (after greeting, duplicate)", v)
 	}
 }
@@ -244,7 +266,9 @@ func TestHostileClient(t *testing.T) {
 	requireLabEnv(t)
 	requireFtpgate(t)
 	t.Parallel()
-	l, srv, g := newGatewayLab(t, "--idle-timeout", "2s")
+	// One session serves the subtests below, with an exec'd nft between
+	// commands: 5s of idling leaves room on a loaded machine.
+	l, srv, g := newGatewayLab(t, "--idle-timeout", "5s")
 	_ = srv
 	cp := func(port int) string { return portArg(l.ClientIP4, port) }
 

@@ -371,16 +371,19 @@ func TestOpenAddsElementThatExpires(t *testing.T) {
 		// An IPv4-mapped IPv6 address is an IPv4 flow.
 		flow("::ffff:10.77.0.3", "10.77.0.2:5002"),
 	}
+	// Long enough for the checks below on a loaded machine (exec'ing nft
+	// can take a second there), short enough to wait for.
+	const ttl = 3 * time.Second
 	var holes []proxy.Pinhole
 	for _, f := range flows {
-		p, err := fw.Open(ctx, f, time.Second)
+		p, err := fw.Open(ctx, f, ttl)
 		if err != nil {
 			t.Fatalf("Open(%v): %v", f, err)
 		}
 		holes = append(holes, p)
 		fa, key := keyOf(f)
-		if timeout, ok := pinElement(t, ns, fa, key); !ok || timeout != time.Second {
-			t.Errorf("set %s: element for %v present=%v timeout=%v, want present with timeout 1s", fa.pinSet, f, ok, timeout)
+		if timeout, ok := pinElement(t, ns, fa, key); !ok || timeout != ttl {
+			t.Errorf("set %s: element for %v present=%v timeout=%v, want present with timeout %v", fa.pinSet, f, ok, timeout, ttl)
 		}
 	}
 	if !strings.Contains(setElements(t, ns, "pin4"), "10.77.0.3 . 10.77.0.2 . 5002") {
@@ -390,8 +393,8 @@ func TestOpenAddsElementThatExpires(t *testing.T) {
 		t.Errorf("Active() = %d, want %d", got, len(flows))
 	}
 
-	// The kernel expires the elements after 1s ...
-	deadline := time.Now().Add(5 * time.Second)
+	// The kernel expires the elements after ttl ...
+	deadline := time.Now().Add(ttl + 5*time.Second)
 	for _, f := range flows {
 		fa, key := keyOf(f)
 		for {
