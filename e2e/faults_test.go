@@ -52,9 +52,9 @@ func TestDrainOnSIGTERMAndReloadOnSIGHUP(t *testing.T) {
 	if err := os.WriteFile(conf, []byte("pinhole-timeout: 20s\nsysmon-poll: true\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// The grace outlasts the probe below by far: after the exit, a SYN the
-	// probe sends again would reach vsftpd directly and look like a leak.
-	g := l.StartFtpgate(t, "--config", conf, "--shutdown-grace", "10s")
+	// The grace outlasts the probe below: open sessions must still be
+	// draining while a new client is turned away.
+	g := l.StartFtpgate(t, "--config", conf, "--shutdown-grace", "6s")
 	if !waitFor(5*time.Second, func() bool { return strings.Contains(g.LogText(), "sysmon_poll=true") }) {
 		t.Errorf("--sysmon-poll (config file) did not take effect:\n%s", g.LogText())
 	}
@@ -82,29 +82,30 @@ func TestDrainOnSIGTERMAndReloadOnSIGHUP(t *testing.T) {
 		t.Errorf("a broken config was not reported:\n%s", g.LogText())
 	}
 
-	// Drain: SIGTERM closes the door, open sessions go on for the grace. The
-	// door is closed once the drain is logged and the proxy's listeners
-	// (--listen, default port 2121) are gone from the gateway.
+	// Drain: SIGTERM turns new clients away with a 421 at once (the
+	// listeners stay open to say so; closed, the tproxy rule would swallow
+	// the SYN and the client would wait), open sessions go on for the grace.
 	g.Signal(syscall.SIGTERM)
-	if !waitFor(10*time.Second, func() bool {
-		return strings.Contains(g.LogText(), "shutting down: no new sessions") &&
-			strings.TrimSpace(l.Gateway.Run(t, "ss", "-Hltn", "sport = :2121")) == ""
-	}) {
-		t.Fatalf("no drain after SIGTERM (log line, listeners closed):\n%s\n%s", g.LogText(), l.Gateway.Run(t, "ss", "-ltnp"))
+	if !waitFor(10*time.Second, func() bool { return strings.Contains(g.LogText(), "shutting down: new clients get a 421") }) {
+		t.Fatalf("no drain after SIGTERM:\n%s", g.LogText())
 	}
 	old.cmd("NOOP", "200")
-	// Draining, the gateway drops the SYN (no RST); 1.5s lets it be sent
-	// again once, well inside the grace.
-	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if c, err := l.Client.DialContext(ctx, "tcp", l.ServerIP4.String()+":21"); err == nil {
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		c.Close()
-		if strings.HasPrefix(line, "220") {
-			t.Errorf("a new session was served while draining: %q", line)
-		}
+	c, err := l.Client.DialContext(ctx, "tcp", l.ServerIP4.String()+":21")
+	if err != nil {
+		t.Fatalf("a new client during the drain: %v, want a 421", err)
 	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	c.Close()
+	if !strings.HasPrefix(line, "421 ") || !strings.Contains(line, "shutting down") {
+		t.Errorf("a new client during the drain got %q, want 421 shutting down", line)
+	}
+	if v := g.Metric(t, `ftpgate_refusals_total{reason="shutting_down"}`); v != 1 {
+		t.Errorf("shutting_down refusals %v, want 1", v)
+	}
+	old.cmd("NOOP", "200") // still draining
 	select {
 	case <-g.Exited:
 	case <-time.After(20 * time.Second):
@@ -145,6 +146,7 @@ func TestRestartUnderLoad(t *testing.T) {
 					ok.Add(1)
 				} else {
 					bad.Add(1)
+					time.Sleep(20 * time.Millisecond) // as a client would back off: draining, a 421 comes at once
 				}
 			}
 		}()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -60,6 +61,47 @@ func TestSessionLimitPerClient(t *testing.T) {
 	n, _ := c.Read(buf)
 	if !strings.Contains(string(buf[:n]), "max_sessions_per_client") {
 		t.Fatalf("second session from the same client got %q", buf[:n])
+	}
+}
+
+// TestShutdownTurnsNewSessionsAway: while open sessions drain, a new client
+// is told with a 421 (the listener stays open for that) and the open session
+// goes on; the end of the grace closes it.
+func TestShutdownTurnsNewSessionsAway(t *testing.T) {
+	h := newHarness(t, "", nil)
+	ctx, endGrace := context.WithCancel(context.Background())
+	defer endGrace()
+	drained := make(chan struct{})
+	go func() {
+		h.srv.Shutdown(ctx)
+		close(drained)
+	}()
+	var reply string
+	if !eventually(func() bool {
+		c, err := net.Dial("tcp", h.client.RemoteAddr().String())
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		reply, _ = bufio.NewReader(c).ReadString('\n')
+		return strings.HasPrefix(reply, "421 ")
+	}) {
+		t.Fatalf("a new client during the drain got %q, want a 421", reply)
+	}
+	if !strings.Contains(reply, "shutting down") || !strings.Contains(h.logs.String(), "reason=shutting_down") {
+		t.Errorf("reply %q, log %q: want the reason, shutting down", reply, h.logs.String())
+	}
+	h.send("NOOP") // the open session is unaffected
+	h.expect("200 ")
+	endGrace()
+	select {
+	case <-drained:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return once its grace ended")
+	}
+	if n := h.srv.Sessions(); n != 0 {
+		t.Errorf("%d sessions after the grace, want 0", n)
 	}
 }
 

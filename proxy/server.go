@@ -269,9 +269,13 @@ func (s *Server) newSession(c net.Conn, self netip.AddrPort) *session {
 	if reason != "" {
 		s.mu.Unlock()
 		cfg.Observer.Refused(reason)
-		cfg.Logger.Warn("refused: session limit", "reason", string(reason), "client", client.String())
+		msg, text := "refused: session limit", "421 ftpgate: too many sessions ("+string(reason)+"), try again later\r\n"
+		if reason == ReasonShutdown {
+			msg, text = "refused: shutting down", "421 ftpgate: shutting down, try again in a moment\r\n"
+		}
+		cfg.Logger.Warn(msg, "reason", string(reason), "client", client.String())
 		c.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Write([]byte("421 ftpgate: too many sessions (" + string(reason) + "), try again later\r\n"))
+		c.Write([]byte(text))
 		c.Close()
 		return nil
 	}
@@ -324,7 +328,8 @@ func (s *Server) Close() {
 }
 
 // Shutdown turns new sessions away and lets open ones finish until ctx ends;
-// then it closes them.
+// then it closes them. Serve goes on accepting meanwhile, to tell each new
+// client so with a 421: the caller closes the listeners after Shutdown.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Lock()
 	s.closed = true

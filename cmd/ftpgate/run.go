@@ -181,13 +181,18 @@ func runCmd(args []string) error {
 
 	sig := waitForStop(sigs, func() { reload(args, o, srv, log) })
 	sdNotify(log, daemon.SdNotifyStopping)
-	log.Info("shutting down: no new sessions; open ones may finish (a second signal closes them now)", "signal", sig, "grace", o.shutdownGrace)
+	log.Info("shutting down: new clients get a 421; open sessions may finish (a second signal closes them now)", "signal", sig, "grace", o.shutdownGrace)
 	ready.Store(false)
+	// The listeners stay open through the drain, so that a new client hears
+	// why at once. Closed, they would leave it waiting: in transparent mode
+	// the tproxy rule still takes its SYN, and no reset comes for an address
+	// that is not the gateway's; its retries would reach the server unproxied
+	// once the table is gone.
+	drain(srv, o.shutdownGrace, sigs, log)
 	for _, ln := range lns {
 		ln.Close()
 	}
 	wg.Wait()
-	drain(srv, o.shutdownGrace, sigs, log)
 	if httpSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		httpSrv.Shutdown(sctx)
