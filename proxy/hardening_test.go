@@ -178,12 +178,7 @@ func TestSessionWrongDirection(t *testing.T) {
 }
 
 func TestSessionDuplicated227(t *testing.T) {
-	h := newHarness(t, "", func(cmd string) string {
-		if cmd == "PASV" {
-			return "227 Entering Passive Mode (127,0,0,1,195,80).\r\n227 Entering Passive Mode (127,0,0,1,195,81).\r\n"
-		}
-		return defaultRespond(cmd)
-	})
+	h := newHarness(t, "", answer("PASV", "227 Entering Passive Mode (127,0,0,1,195,80).\r\n227 Entering Passive Mode (127,0,0,1,195,81).\r\n"))
 	h.send("PASV")
 	h.expect("227 Entering Passive Mode (127,0,0,1,195,80)")
 	h.send("NOOP")
@@ -220,12 +215,7 @@ func TestSession227SplitAtEveryByte(t *testing.T) {
 }
 
 func TestSessionUpstreamDrops(t *testing.T) {
-	h := newHarness(t, "", func(cmd string) string {
-		if cmd == "NOOP" {
-			return "CLOSE"
-		}
-		return defaultRespond(cmd)
-	})
+	h := newHarness(t, "", answer("NOOP", "CLOSE"))
 	h.send("NOOP")
 	h.expect("421 ")
 }
@@ -241,12 +231,7 @@ func TestSessionTLSPassthrough(t *testing.T) {
 			c.Write(buf[:n])
 		}
 	}
-	h.server.respond = func(cmd string) string {
-		if cmd == "AUTH TLS" {
-			return "234 Proceed with negotiation.\r\n"
-		}
-		return defaultRespond(cmd)
-	}
+	h.server.respond = answer("AUTH TLS", "234 Proceed with negotiation.\r\n")
 	h.send("AUTH TLS")
 	h.expect("234 ")
 	blob := "\x16\x03\x01\x00\xff\r\nPORT 1,2,3,4,5,6\r\n"

@@ -155,6 +155,17 @@ func defaultRespond(cmd string) string {
 	return "200 OK.\r\n"
 }
 
+// answer is a fake server's respond that answers cmd with reply and every
+// other command as defaultRespond does.
+func answer(cmd, reply string) func(string) string {
+	return func(c string) string {
+		if c == cmd {
+			return reply
+		}
+		return defaultRespond(c)
+	}
+}
+
 type harness struct {
 	t      *testing.T
 	srv    *Server
@@ -335,12 +346,7 @@ func TestSessionHostilePassiveReplies(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, "", func(cmd string) string {
-				if cmd == tc.cmd {
-					return tc.reply
-				}
-				return defaultRespond(cmd)
-			})
+			h := newHarness(t, "", answer(tc.cmd, tc.reply))
 			h.send(tc.cmd)
 			h.expect(tc.want)
 			h.send("SYST")
@@ -410,12 +416,7 @@ func TestSessionEPSVAll(t *testing.T) {
 // EPSV ALL binds the session only once the server accepts it, and REIN
 // (a new session) lifts it.
 func TestSessionEPSVAllOnAcceptance(t *testing.T) {
-	refuses := func(cmd string) string {
-		if cmd == "EPSV ALL" {
-			return "500 Unknown command.\r\n"
-		}
-		return defaultRespond(cmd)
-	}
+	refuses := answer("EPSV ALL", "500 Unknown command.\r\n")
 	h := newHarness(t, "", refuses)
 	h.send("EPSV ALL")
 	h.expect("500 ")
@@ -423,24 +424,14 @@ func TestSessionEPSVAllOnAcceptance(t *testing.T) {
 	h.expect("227 ")
 
 	// A 229 to EPSV ALL reaches the client as a refusal: nothing binds.
-	as229 := func(cmd string) string {
-		if cmd == "EPSV ALL" {
-			return "229 Entering Extended Passive Mode (|||50001|)\r\n"
-		}
-		return defaultRespond(cmd)
-	}
+	as229 := answer("EPSV ALL", "229 Entering Extended Passive Mode (|||50001|)\r\n")
 	h = newHarness(t, "", as229)
 	h.send("EPSV ALL")
 	h.expect("451 ")
 	h.send("PASV")
 	h.expect("227 ")
 
-	rein := func(cmd string) string {
-		if cmd == "REIN" {
-			return "220 Service ready for new user.\r\n"
-		}
-		return defaultRespond(cmd)
-	}
+	rein := answer("REIN", "220 Service ready for new user.\r\n")
 	h = newHarness(t, "", rein)
 	h.send("EPSV ALL")
 	h.expect("200 ")
@@ -744,12 +735,7 @@ func TestRelayLineCoalesces(t *testing.T) {
 // comes: what arrived is not held back until the reply ends.
 func TestMultiLineReplyAsItComes(t *testing.T) {
 	release := make(chan struct{})
-	h := newHarness(t, "", func(cmd string) string {
-		if cmd == "FEAT" {
-			return "211-Features:\r\n EPSV\r\n"
-		}
-		return defaultRespond(cmd)
-	})
+	h := newHarness(t, "", answer("FEAT", "211-Features:\r\n EPSV\r\n"))
 	h.server.write = func(c net.Conn, reply string) {
 		c.Write([]byte(reply))
 		if strings.HasPrefix(reply, "211-") {
@@ -778,12 +764,7 @@ func TestHeldLineNotStuckBehindDroppedLine(t *testing.T) {
 		<-release
 		c.Write([]byte("211 End\r\n"))
 	}
-	h.server.respond = func(cmd string) string {
-		if cmd == "FEAT" {
-			return "211"
-		}
-		return defaultRespond(cmd)
-	}
+	h.server.respond = answer("FEAT", "211")
 	h.send("FEAT")
 	h.expect("211-Features:")
 	close(release)

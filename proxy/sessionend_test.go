@@ -40,12 +40,7 @@ func (h *harness) expectEOF() {
 // A server that closes instead of answering AUTH (TLS passthrough) ends the
 // session; it must not wait for the reply for ever.
 func TestSessionServerClosesDuringAUTH(t *testing.T) {
-	h := newHarnessConfig(t, Config{TLS: TLSPassthrough}, "", func(cmd string) string {
-		if cmd == "AUTH TLS" {
-			return "CLOSE"
-		}
-		return defaultRespond(cmd)
-	})
+	h := newHarnessConfig(t, Config{TLS: TLSPassthrough}, "", answer("AUTH TLS", "CLOSE"))
 	h.send("AUTH TLS")
 	h.expectEOF()
 	if !sessionsReach(h.srv, 0) {
@@ -407,12 +402,7 @@ func TestSessionServer421(t *testing.T) {
 // An unsolicited multi-line reply is dropped whole, decided at its first
 // line: its end must not pair with the command the client sends meanwhile.
 func TestSessionUnsolicitedMultilineDroppedWhole(t *testing.T) {
-	h := newHarness(t, "220 hi\r\n214-unasked\r\n", func(cmd string) string {
-		if cmd == "NOOP" {
-			return " text\r\n214 end\r\n200 OK.\r\n"
-		}
-		return defaultRespond(cmd)
-	})
+	h := newHarness(t, "220 hi\r\n214-unasked\r\n", answer("NOOP", " text\r\n214 end\r\n200 OK.\r\n"))
 	if !waitLog(h, "reason=unsolicited_reply") {
 		t.Fatalf("the unsolicited reply's first line was not refused:\n%s", h.logs)
 	}
