@@ -76,24 +76,12 @@ func runCmd(args []string) error {
 	var fw *nft.Firewall
 	var srv *proxy.Server
 	var ready, wired atomic.Bool
-	m := metrics.New(reg, metrics.Options{Mode: o.mode, Version: version, Realtime: rt.on.Load, ActivePinholes: func() int {
-		if !wired.Load() {
-			return 0
-		}
-		return fw.Active()
-	}, LostEvents: func() uint64 {
-		if !wired.Load() {
-			return 0
-		}
-		return fw.LostEvents()
-	}, RacedConnections: func() uint64 {
-		if !wired.Load() {
-			return 0
-		}
-		return fw.RacedConnections()
-	}, EventsListening: func() bool {
-		return wired.Load() && fw.EventsListening()
-	}})
+	m := metrics.New(reg, metrics.Options{Mode: o.mode, Version: version, Realtime: rt.on.Load,
+		ActivePinholes:   onceWired(&wired, func() int { return fw.Active() }),
+		LostEvents:       onceWired(&wired, func() uint64 { return fw.LostEvents() }),
+		RacedConnections: onceWired(&wired, func() uint64 { return fw.RacedConnections() }),
+		EventsListening:  onceWired(&wired, func() bool { return fw.EventsListening() }),
+	})
 	ncfg.OnPinholeEnd = func(f proxy.Flow, end nft.PinholeEnd) { m.PinholeEnded(f, end.String()) }
 	ncfg.OnDataEnd = m.DataConnectionEnded
 
@@ -288,6 +276,17 @@ func enableConntrackAccounting(log *slog.Logger) {
 	}
 	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
 		log.Warn("conntrack accounting is off: data byte counters stay at zero; set net.netfilter.nf_conntrack_acct=1 (deploy/systemd/ftpgate-sysctl.conf)", "err", err)
+	}
+}
+
+// onceWired returns f's value once wired is set, the zero value before.
+func onceWired[T any](wired *atomic.Bool, f func() T) func() T {
+	return func() T {
+		var zero T
+		if !wired.Load() {
+			return zero
+		}
+		return f()
 	}
 }
 

@@ -137,22 +137,25 @@ func TestSdNotify(t *testing.T) {
 	}
 }
 
-func TestStatusWhileStarting(t *testing.T) {
-	srv := httptest.NewServer(statusOnceWired(http.NotFoundHandler(), func() bool { return false }, true))
-	defer srv.Close()
-	err := statusCmd([]string{"--metrics-listen", strings.TrimPrefix(srv.URL, "http://")}, &bytes.Buffer{})
-	if err == nil || !strings.Contains(err.Error(), "still starting") {
-		t.Errorf("statusCmd against a starting daemon: %v, want it to say so", err)
-	}
-}
-
-func TestStatusEndpointOff(t *testing.T) {
-	// Also while starting: the endpoint is off, not starting.
-	srv := httptest.NewServer(statusOnceWired(http.NotFoundHandler(), func() bool { return false }, false))
-	defer srv.Close()
-	err := statusCmd([]string{"--metrics-listen", strings.TrimPrefix(srv.URL, "http://")}, &bytes.Buffer{})
-	if err == nil || !strings.Contains(err.Error(), "--status-endpoint") {
-		t.Errorf("statusCmd against a daemon without /status: %v, want a hint at --status-endpoint", err)
+// What 'ftpgate status' says of a daemon that does not serve /status yet:
+// starting, or serving it is off (also while starting: off, not starting).
+func TestStatusNotServed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		served bool
+		want   string
+	}{
+		{"starting", true, "still starting"},
+		{"endpoint off", false, "--status-endpoint"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(statusOnceWired(http.NotFoundHandler(), func() bool { return false }, tc.served))
+			defer srv.Close()
+			err := statusCmd([]string{"--metrics-listen", strings.TrimPrefix(srv.URL, "http://")}, &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("statusCmd: %v, want it to say %q", err, tc.want)
+			}
+		})
 	}
 }
 
