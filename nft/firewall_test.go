@@ -35,15 +35,14 @@ type ended struct {
 }
 
 type endCall struct {
-	f    proxy.Flow
-	used bool // end == Used
-	end  PinholeEnd
+	f   proxy.Flow
+	end PinholeEnd
 }
 
 func newEnded() *ended { return &ended{ch: make(chan endCall, 1000)} }
 
 func (e *ended) hook(f proxy.Flow, end PinholeEnd) {
-	c := endCall{f, end == Used, end}
+	c := endCall{f, end}
 	e.mu.Lock()
 	e.calls = append(e.calls, c)
 	e.mu.Unlock()
@@ -635,8 +634,8 @@ func TestOneShotTraffic(t *testing.T) {
 				t.Fatalf("echo through the pinhole: %v", err)
 			}
 
-			if got := rec.wait(t, 10*time.Second); !got.used || got.f != f {
-				t.Errorf("OnPinholeEnd(%v, %v), want (%v, true)", got.f, got.used, f)
+			if got := rec.wait(t, 10*time.Second); got.end != Used || got.f != f {
+				t.Errorf("OnPinholeEnd(%v, %v), want (%v, used)", got.f, got.end, f)
 			}
 			if !isDone(p) {
 				t.Error("Done not closed when OnPinholeEnd reported the pinhole used")
@@ -777,7 +776,7 @@ func TestConcurrentOpenClose(t *testing.T) {
 	rec := newEnded()
 	fw := newFirewall(t, ns, Config{OnPinholeEnd: func(f proxy.Flow, end PinholeEnd) {
 		rec.mu.Lock()
-		rec.calls = append(rec.calls, endCall{f, end == Used, end})
+		rec.calls = append(rec.calls, endCall{f, end})
 		rec.mu.Unlock()
 	}})
 	const workers, per = 8, 120

@@ -214,8 +214,8 @@ func isDone(p proxy.Pinhole) bool {
 // longer active, and its elements leave the kernel.
 func expectNATUsed(t *testing.T, rec *ended, fw *Firewall, p proxy.Pinhole, gw *testNS, f proxy.Flow) {
 	t.Helper()
-	if got := rec.wait(t, 10*time.Second); !got.used || got.f != f {
-		t.Errorf("OnPinholeEnd(%v, %v), want (%v, true)", got.f, got.used, f)
+	if got := rec.wait(t, 10*time.Second); got.end != Used || got.f != f {
+		t.Errorf("OnPinholeEnd(%v, %v), want (%v, used)", got.f, got.end, f)
 	}
 	waitDone(t, p, time.Second)
 	if fw.Active() != 0 {
@@ -541,8 +541,8 @@ func TestNATPinholeExpiryCloseReplace(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDone(t, prev, time.Second)
-	if c := rec.wait(t, 5*time.Second); c.used || c.f != steps[len(steps)-1] {
-		t.Errorf("Firewall.Close: OnPinholeEnd(%v, %v), want (%v, false)", c.f, c.used, steps[len(steps)-1])
+	if c := rec.wait(t, 5*time.Second); c.end == Used || c.f != steps[len(steps)-1] {
+		t.Errorf("Firewall.Close: OnPinholeEnd(%v, %v), want (%v, not used)", c.f, c.end, steps[len(steps)-1])
 	}
 	if _, err := fw.Open(ctx, steps[0], time.Second); err != ErrClosed {
 		t.Errorf("Open after Close = %v, want ErrClosed", err)

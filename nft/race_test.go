@@ -48,7 +48,7 @@ func TestRacedConnectionCut(t *testing.T) {
 
 	open()
 	first, second := conn(40001, 5000), conn(40002, 5000)
-	if got := rec.wait(t, 3*time.Second); !got.used {
+	if got := rec.wait(t, 3*time.Second); got.end != Used {
 		t.Fatal("the first connection did not use the pinhole")
 	}
 	if !waitFor(3*time.Second, func() bool { return fw.RacedConnections() == 1 && !exists(second) }) {
@@ -61,7 +61,7 @@ func TestRacedConnectionCut(t *testing.T) {
 	// A new pinhole of the key: its connection is its own.
 	open()
 	third := conn(40003, 5000)
-	if got := rec.wait(t, 3*time.Second); !got.used {
+	if got := rec.wait(t, 3*time.Second); got.end != Used {
 		t.Fatal("the connection after a new Open did not use its pinhole")
 	}
 	other := conn(40004, 5001) // marked, another key, no pinhole

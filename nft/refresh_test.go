@@ -83,8 +83,8 @@ func TestLateEventAfterRefresh(t *testing.T) {
 			// The late events, oldest first.
 			for i, p := range old {
 				fw.onConnNew(k, uint32(i+1), conntrack.Tuple{}, 0)
-				if got := rec.wait(t, time.Second); got.f != c.f1 || !got.used {
-					t.Errorf("late event %d: OnPinholeEnd(%v, %v), want (%v, true)", i, got.f, got.used, c.f1)
+				if got := rec.wait(t, time.Second); got.f != c.f1 || got.end != Used {
+					t.Errorf("late event %d: OnPinholeEnd(%v, %v), want (%v, used)", i, got.f, got.end, c.f1)
 				}
 				waitDone(t, p, time.Second)
 			}
@@ -105,8 +105,8 @@ func TestLateEventAfterRefresh(t *testing.T) {
 			if err := p2.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if got := rec.wait(t, time.Second); got.f != c.f2 || got.used {
-				t.Errorf("OnPinholeEnd(%v, %v), want (%v, false)", got.f, got.used, c.f2)
+			if got := rec.wait(t, time.Second); got.f != c.f2 || got.end == Used {
+				t.Errorf("OnPinholeEnd(%v, %v), want (%v, not used)", got.f, got.end, c.f2)
 			}
 			if got := natElements(t, ns, fa, []byte(key)); len(got) != 0 {
 				t.Errorf("p2.Close left %v in the kernel", names(got))
@@ -135,12 +135,12 @@ func TestRefreshOfUnusedPinhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDone(t, p1, time.Second)
-	if got := rec.wait(t, time.Second); got.used {
+	if got := rec.wait(t, time.Second); got.end == Used {
 		t.Error("the replaced, unused pinhole was reported used")
 	}
 	fw.onConnNew(k, 1, conntrack.Tuple{}, 0)
 	waitDone(t, p2, time.Second)
-	if got := rec.wait(t, time.Second); !got.used {
+	if got := rec.wait(t, time.Second); got.end != Used {
 		t.Error("the new pinhole's event reported it unused")
 	}
 }
@@ -180,7 +180,7 @@ func TestRefreshAfterKernelExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Open of a key the kernel expired: %v", err)
 	}
-	if got := rec.wait(t, 2*expireGrace); got.used {
+	if got := rec.wait(t, 2*expireGrace); got.end == Used {
 		t.Error("the expired pinhole was reported used")
 	}
 	waitDone(t, p1, time.Second)
